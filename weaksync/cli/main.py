@@ -1,0 +1,131 @@
+"""`weaksync` command line: train (embedded cluster), summarize a run directory."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from ..config import ConfigError, load_config
+from .progress import LiveProgress, print_summary
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="weaksync: a straggler-tolerant parameter server for PyTorch.")
+err = Console(stderr=True)
+
+
+def _count(value: Optional[str], name: str) -> int | float | None:
+    """k and b: an integer count ('3') or a fraction of the total ('0.75')."""
+    if value is None:
+        return None
+    try:
+        return float(value) if "." in value else int(value)
+    except ValueError:
+        raise ConfigError(f"--{name}: '{value}' is neither a count (3) nor a fraction (0.75)") from None
+
+
+def _set_pairs(pairs: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set '{pair}': write it as section.field=value, e.g. --set optim.lr=0.1")
+        out[key] = yaml.safe_load(raw)
+    return out
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config; flags override it"),
+    mode: Optional[str] = typer.Option(None, help="bsp | backup | partial-pull | partial | ssp | async"),
+    workers: Optional[int] = typer.Option(None, help="number of workers N"),
+    servers: Optional[int] = typer.Option(None, help="number of servers S"),
+    blocks: Optional[int] = typer.Option(None, help="parameter blocks B (default: auto)"),
+    k: Optional[str] = typer.Option(None, help="push quorum: count or fraction of N"),
+    b: Optional[str] = typer.Option(None, help="pull quorum: count or fraction of B"),
+    tau: Optional[int] = typer.Option(None, help="staleness bound"),
+    push_deadline: Optional[float] = typer.Option(None, help="seconds"),
+    pull_deadline: Optional[float] = typer.Option(None, help="seconds"),
+    model: Optional[str] = typer.Option(None, help="digits-cnn | resnet20 | resnet56 | resnet50"),
+    data: Optional[str] = typer.Option(None, help="digits | synthetic-cifar | cifar10 | imagefolder"),
+    data_dir: Optional[str] = typer.Option(None, help="folder for cifar10 / imagefolder"),
+    steps: Optional[int] = typer.Option(None, help="steps per worker"),
+    batch_size: Optional[int] = typer.Option(None, help="minibatch per worker"),
+    lr: Optional[float] = typer.Option(None, help="learning rate"),
+    seed: Optional[int] = typer.Option(None),
+    out_dir: Optional[str] = typer.Option(None, help="parent of run directories (default: runs)"),
+    name: Optional[str] = typer.Option(None, help="run directory name"),
+    on_worker_failure: Optional[str] = typer.Option(None, help="stop | continue"),
+    set_: list[str] = typer.Option([], "--set", help="any config field: section.field=value (repeatable)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no live progress"),
+) -> None:
+    """Train on the embedded cluster: S servers, N workers and an evaluator on this machine."""
+    from ..runtime.launcher import run_local
+
+    overrides = {
+        "sync.mode": mode, "cluster.workers": workers, "cluster.servers": servers, "cluster.blocks": blocks,
+        "sync.k": _count(k, "k"), "sync.b": _count(b, "b"), "sync.tau": tau, "sync.push_deadline": push_deadline,
+        "sync.pull_deadline": pull_deadline, "model.name": model, "data.name": data, "data.dir": data_dir,
+        "train.steps": steps, "train.batch_size": batch_size, "optim.lr": lr, "run.seed": seed,
+        "run.out_dir": out_dir, "run.name": name, "on_worker_failure": on_worker_failure, **_set_pairs(set_),
+    }
+    cfg = load_config(config, overrides)
+    console = Console()
+    progress = None if quiet else LiveProgress(console, cfg)
+    try:
+        if progress:
+            progress.start()
+        result = run_local(cfg, on_progress=progress.update if progress else None)
+    finally:
+        if progress:
+            progress.stop()
+    print_summary(console, result.run_dir, result.summary)
+
+
+@app.command()
+def summarize(run_dir: Path = typer.Argument(..., help="a run directory"),
+              target: float = typer.Option(0.95, help="target accuracy for time-to-accuracy")) -> None:
+    """Rebuild summary.json of a run directory from its event logs."""
+    from ..report.summary import build_summary
+
+    if not (run_dir / "events").is_dir():
+        raise ConfigError(f"'{run_dir}' is not a run directory (no events/ inside): pass a folder under runs/")
+    print_summary(Console(), run_dir, build_summary(run_dir, target))
+
+
+def main() -> None:
+    """Console entry: bad input and failed runs end with one line on stderr and a non-zero exit."""
+    from ..runtime.launcher import RunFailed
+    from ..training.data import DataError
+
+    try:
+        app(standalone_mode=False)
+    except (ConfigError, DataError) as exc:
+        err.print(f"[red]weaksync: error:[/red] {exc}", highlight=False)
+        sys.exit(2)
+    except RunFailed as exc:
+        err.print(f"[red]weaksync: run failed:[/red] {exc}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("weaksync: interrupted")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Terminal output: a live per-worker table during a run, and the summary at its end."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from ..config import Config
+
+
+class LiveProgress:
+    """Steps, steps/s and compute time per worker, plus the latest accuracy; refreshed once a second."""
+
+    def __init__(self, console: Console, config: Config):
+        self.console = console
+        self.config = config
+        self.previous: dict[int, tuple[float, int]] = {}
+        self.rates: dict[int, float] = {}
+        self.live = Live(Text("starting processes..."), console=console, refresh_per_second=4, transient=False)
+        self.started = time.monotonic()
+
+    def start(self) -> None:
+        self.live.start()
+
+    def stop(self) -> None:
+        self.live.stop()
+
+    def update(self, progress: dict[str, Any]) -> None:
+        table = Table(box=None, header_style="bold")
+        for col in ("worker", "step", "steps/s", "compute ms", "stale replies"):
+            table.add_column(col, justify="right")
+        total = self.config.train.steps
+        for w, p in sorted(progress.get("workers", {}).items()):
+            prev = self.previous.get(w)
+            if prev and p["t"] > prev[0]:
+                self.rates[w] = (p["step"] - prev[1]) / (p["t"] - prev[0])
+            self.previous[w] = (p["t"], p["step"])
+            compute = f"{p['compute'] * 1000:.1f}" if p.get("compute") else "-"
+            rate = f"{self.rates[w]:.1f}" if w in self.rates else "-"
+            table.add_row(str(w), f"{p['step']}/{total}", rate, compute, str(p.get("stale", 0)))
+        acc = progress.get("eval", {}).get("accuracy")
+        head = Text(f"{self.config.sync.mode}  N={self.config.cluster.workers} S={self.config.cluster.servers}  "
+                    f"elapsed {time.monotonic() - self.started:.0f}s  "
+                    f"test accuracy {'-' if acc is None else f'{acc:.3f}'}")
+        self.live.update(Group(head, table))
+
+
+def print_summary(console: Console, run_dir: Path, s: dict[str, Any]) -> None:
+    def fmt(value: Any, pattern: str = "{:.3f}") -> str:
+        return "-" if value is None else pattern.format(value)
+
+    table = Table(title=f"run {run_dir}", show_header=False, box=None)
+    rows = [
+        ("mode", f"{s.get('mode')}  k={s.get('k')} b={s.get('b')} tau={s.get('tau')}  "
+                 f"N={s.get('num_workers')} S={s.get('num_servers')} B={s.get('num_blocks')}"),
+        ("final / best accuracy", f"{fmt(s['final_accuracy'])} / {fmt(s['best_accuracy'])}"),
+        (f"time to {s['target_accuracy']:.0%}", fmt(s["time_to_accuracy"], "{:.2f} s")),
+        ("training time", fmt(s["train_seconds"], "{:.2f} s")),
+        ("worker steps/s", fmt(s["steps_per_s"], "{:.1f}")),
+        ("step time p50/p95/p99", " / ".join(fmt(s["step_time"][q], "{:.4f}") for q in ("p50", "p95", "p99")) + " s"),
+        ("contributions accepted / dropped",
+         f"{s['contributions']['accepted']} / {s['contributions']['dropped']} {s['contributions']['drops_by_reason'] or ''}"),
+        ("blocks per step fresh / stale",
+         f"{fmt(s['blocks_per_step']['fresh_mean'], '{:.2f}')} / {fmt(s['blocks_per_step']['stale_mean'], '{:.2f}')}"),
+        ("bytes / messages per step",
+         f"{fmt(s['traffic']['bytes_per_step'], '{:,.0f}')} / {fmt(s['traffic']['msgs_per_step'], '{:.1f}')}"),
+    ]
+    for key, value in rows:
+        table.add_row(Text(key, style="bold"), Text(value))
+    console.print(table)
+    console.print(f"summary: {run_dir / 'summary.json'}")

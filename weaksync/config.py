@@ -1,0 +1,200 @@
+"""Run configuration: one validated tree, loaded from YAML and overridden by CLI flags.
+
+Everything is checked before a process starts; errors are one line naming the field and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .core.policy import MODES, SyncPolicy, make_policy
+
+Count = Union[int, float]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as `field: problem (fix)`."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunSection(_Section):
+    name: str | None = Field(None, description="run directory name (default: <time>-<mode>)")
+    out_dir: str = Field("runs", description="parent folder of run directories")
+    seed: int = 0
+
+
+class ClusterSection(_Section):
+    workers: int = Field(4, ge=1, le=1024)
+    servers: int = Field(2, ge=1, le=256)
+    blocks: int | None = Field(None, ge=1, description="parameter blocks B (default: >= 2 per server, ~4 MiB each)")
+    host: str = Field("127.0.0.1", description="address servers bind to and advertise (embedded: loopback)")
+
+
+class SyncSection(_Section):
+    mode: Literal["bsp", "backup", "partial-pull", "partial", "ssp", "async"] = "partial"
+    k: Count | None = Field(None, description="push quorum: count or fraction of workers")
+    b: Count | None = Field(None, description="pull quorum: count or fraction of blocks")
+    tau: int | None = Field(None, ge=0, description="staleness bound")
+    backups: int = Field(1, ge=0, description="c in k = N - c for backup/partial")
+    pull_fraction: float = Field(0.5, gt=0, le=1, description="ρ in b = ceil(ρB) for partial-pull/partial")
+    push_deadline: float | None = Field(None, gt=0, description="seconds; update with >= 1 contribution after it")
+    pull_deadline: float | None = Field(None, gt=0, description="seconds; compute with >= 1 fresh block after it")
+    ssp_slack: int = Field(3, ge=0, description="SSP: max steps ahead of the slowest worker")
+    weighting: Literal["none", "inverse"] = "none"
+
+
+class ModelSection(_Section):
+    name: str = "digits-cnn"
+
+
+class DataSection(_Section):
+    name: str = "digits"
+    dir: str | None = Field(None, description="folder of cifar10 / imagefolder data")
+    synthetic_size: int = Field(5000, ge=10)
+
+
+class TrainSection(_Section):
+    batch_size: int = Field(32, ge=1, description="per worker")
+    steps: int = Field(300, ge=1, description="steps per worker")
+    eval_interval: float = Field(1.0, gt=0, description="seconds between accuracy snapshots")
+    target_accuracy: float = Field(0.95, gt=0, le=1, description="for time-to-accuracy")
+    threads: int = Field(1, ge=1, description="torch threads per process")
+
+
+class OptimSection(_Section):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["constant", "cosine", "step"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    step_size: int = Field(100, ge=1, description="'step' schedule: steps between decays")
+    gamma: float = Field(0.1, gt=0, le=1, description="'step' schedule: decay factor")
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> "OptimSection":
+        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
+            raise ValueError("nesterov needs optim.name=sgd and momentum > 0")
+        return self
+
+
+class TimeoutSection(_Section):
+    """Explicit timeouts, shortest first: deadlines < heartbeat < connect/store < shutdown grace."""
+
+    heartbeat_interval: float = Field(1.0, gt=0, description="seconds between worker heartbeats")
+    heartbeat: float = Field(30.0, gt=0, description="a worker silent this long is declared gone")
+    connect: float = Field(60.0, gt=0, description="waiting for the store, endpoints and registration")
+    shutdown: float = Field(10.0, gt=0, description="grace for processes to stop before they are killed")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "TimeoutSection":
+        if self.heartbeat <= 2 * self.heartbeat_interval:
+            raise ValueError("heartbeat must exceed 2 × heartbeat_interval, or live workers are declared gone")
+        return self
+
+
+class Config(_Section):
+    run: RunSection = Field(default_factory=RunSection)
+    cluster: ClusterSection = Field(default_factory=ClusterSection)
+    sync: SyncSection = Field(default_factory=SyncSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    timeouts: TimeoutSection = Field(default_factory=TimeoutSection)
+    on_worker_failure: Literal["stop", "continue"] = Field(
+        "stop", description="stop the run, or continue with the live workers when >= k remain"
+    )
+
+    def policy(self, num_blocks: int) -> SyncPolicy:
+        """The resolved thresholds once B is known; raises ConfigError on k > N, b > B, ..."""
+        s = self.sync
+        try:
+            return make_policy(
+                s.mode, self.cluster.workers, num_blocks, k=s.k, b=s.b, tau=s.tau, backups=s.backups,
+                pull_fraction=s.pull_fraction, push_deadline=s.push_deadline, pull_deadline=s.pull_deadline,
+                ssp_slack=s.ssp_slack, weighting=s.weighting,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"sync: {exc}") from None
+
+    def check(self) -> "Config":
+        """Cross-field checks that need no model: counts against workers and servers."""
+        c, s = self.cluster, self.sync
+        if c.blocks is not None and c.blocks < c.servers:
+            raise ConfigError(f"cluster.blocks={c.blocks} is below cluster.servers={c.servers}: every server needs a block")
+        if isinstance(s.k, int) and s.k > c.workers:
+            raise ConfigError(f"sync.k={s.k} exceeds cluster.workers={c.workers}: use k <= workers or a fraction")
+        if s.mode in ("backup", "partial") and s.k is None and s.backups >= c.workers:
+            raise ConfigError(f"sync.backups={s.backups} leaves no worker to wait for: use backups < workers={c.workers}")
+        if c.blocks is not None:
+            self.policy(c.blocks)
+        return self
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read YAML (optional) and apply dotted overrides like {"sync.mode": "bsp"}; validate everything."""
+    doc: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file '{p}' does not exist: pass the path of a YAML file")
+        try:
+            doc = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"config file '{p}'{where} is not valid YAML: fix its syntax") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"config file '{p}' must hold a mapping of sections (run, cluster, sync, ...)")
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = doc
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    try:
+        return Config.model_validate(doc).check()
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "config"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        section = ".".join(str(p) for p in err["loc"][:-1])
+        fields = _fields_of(section)
+        return f"{where}: unknown field: use one of {', '.join(fields)}" if fields else f"{where}: unknown field"
+    if err["type"] == "literal_error":
+        return f"{where}: {msg}"
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{where}: {msg}{more}"
+
+
+def _fields_of(section: str) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in filter(None, section.split(".")):
+        field = model.model_fields.get(part)
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+assert set(MODES) == set(SyncSection.model_fields["mode"].annotation.__args__)  # one list of modes

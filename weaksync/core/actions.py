@@ -1,0 +1,83 @@
+"""What the protocol cores ask their driver to do. Plain data: the runtime performs them on sockets and
+tensors, the simulator on virtual time; tests read them directly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Accept:
+    """Add `weight` × this push's gradient to block's accumulator for the update to `version + 1`."""
+
+    worker: int
+    block: int
+    base: int
+    version: int
+    weight: float
+
+
+@dataclass(frozen=True)
+class Drop:
+    """A push or pull that is not used; `reason` is one of DROP_REASONS (counted and logged)."""
+
+    worker: int
+    block: int
+    base: int
+    version: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Apply:
+    """Average the accepted contributions of `block`, take one optimizer step, and advance to `version`.
+
+    `contributors` are (worker, base version, weight) in arrival order; `step` is the largest worker step
+    among them (drives the LR schedule); `by_deadline` tells the quorum was cut short by the push deadline.
+    """
+
+    block: int
+    version: int
+    contributors: tuple[tuple[int, int, float], ...]
+    step: int
+    by_deadline: bool
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send the current value of `block` (at `version`) to `worker`."""
+
+    worker: int
+    block: int
+    version: int
+
+
+@dataclass(frozen=True)
+class PushRequest:
+    """Worker → server: the gradient of `block` computed at base version `base` during step `step`."""
+
+    block: int
+    base: int
+    step: int
+
+
+@dataclass(frozen=True)
+class PullRequest:
+    """Worker → server: send `block` once its version exceeds `want_gt`; `clock` = steps completed."""
+
+    block: int
+    want_gt: int
+    clock: int
+
+
+DROP_REASONS = (
+    "stale",  # staleness v - u > τ
+    "duplicate",  # this worker already contributed to the current version
+    "future",  # base version newer than the block: a corrupt or foreign message
+    "unknown-block",  # block not owned by this server
+    "unknown-worker",  # worker id outside [0, N)
+    "left",  # the worker was declared gone
+    "malformed",  # wrong shape/dtype/non-finite payload (detail in the log)
+)
+
+ServerAction = Accept | Drop | Apply | Send

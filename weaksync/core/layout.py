@@ -1,0 +1,136 @@
+"""Deterministic block layout: how θ is flattened, cut into blocks and spread over servers.
+
+Every rank derives the layout from the model alone (names, shapes, dtypes), so two ranks that built the
+same model agree without talking; the hash lets a server refuse a worker that built a different one
+(BytePS PR #112: workers whose tensors were declared in another order got other keys and hung).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named tensor of θ: a trainable parameter or a floating-point buffer."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    is_buffer: bool
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class Block:
+    """A contiguous slice [start, stop) of flat θ; parameters come before buffers in θ, so a block holds
+    at most one parameter part followed by one buffer part."""
+
+    index: int
+    start: int
+    stop: int
+    param_stop: int  # flat index where this block's parameter part ends (== start if it has none)
+    server: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def num_params(self) -> int:
+        """Length of the optimizer-stepped part; the rest (buffers) is averaged."""
+        return self.param_stop - self.start
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    tensors: tuple[TensorSpec, ...]
+    blocks: tuple[Block, ...]
+    num_servers: int
+    digest: str
+
+    @property
+    def total(self) -> int:
+        return sum(t.numel for t in self.tensors)
+
+    @property
+    def num_params(self) -> int:
+        return sum(t.numel for t in self.tensors if not t.is_buffer)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def blocks_of(self, server: int) -> tuple[Block, ...]:
+        return tuple(b for b in self.blocks if b.server == server)
+
+    def bytes_per_server(self, itemsize: int = 4) -> list[int]:
+        load = [0] * self.num_servers
+        for b in self.blocks:
+            load[b.server] += b.size * itemsize
+        return load
+
+
+def order_tensors(params: Sequence[TensorSpec], buffers: Sequence[TensorSpec]) -> tuple[TensorSpec, ...]:
+    """Parameters first (in declaration order), then floating-point buffers; integer buffers
+    (e.g. BatchNorm's num_batches_tracked) are not part of θ."""
+    ps = [TensorSpec(t.name, tuple(t.shape), t.dtype, False) for t in params]
+    bs = [TensorSpec(t.name, tuple(t.shape), t.dtype, True) for t in buffers if t.dtype in FLOAT_DTYPES]
+    return tuple(ps + bs)
+
+
+def resolve_num_blocks(requested: int | None, total: int, num_servers: int, target_bytes: int = 4 << 20) -> int:
+    """Default B: enough ~4 MiB blocks (BytePS' partition size) and at least two per server, so partial
+    pull has something to choose from; never more blocks than elements."""
+    if requested is not None:
+        return requested
+    by_size = math.ceil(total * 4 / target_bytes)
+    return max(1, min(total, max(2 * num_servers, by_size)))
+
+
+def build_layout(tensors: Sequence[TensorSpec], num_blocks: int, num_servers: int) -> BlockLayout:
+    """Cut flat θ into `num_blocks` equal slices (the last may be smaller) and assign them to servers
+    by bytes, largest first to the least-loaded server (ties to the lowest id): deterministic."""
+    if num_servers < 1:
+        raise ValueError(f"num_servers must be >= 1, got {num_servers}")
+    total = sum(t.numel for t in tensors)
+    if total == 0:
+        raise ValueError("the model has no floating-point parameters: nothing to train")
+    if not num_servers <= num_blocks <= total:
+        raise ValueError(
+            f"blocks={num_blocks} must be between servers={num_servers} and the number of elements {total}"
+        )
+    n_params = sum(t.numel for t in tensors if not t.is_buffer)
+    length = math.ceil(total / num_blocks)
+    bounds = [(i * length, min((i + 1) * length, total)) for i in range(num_blocks)]
+    if bounds[-1][0] >= total:
+        raise ValueError(f"blocks={num_blocks} leaves empty blocks for {total} elements: use fewer blocks")
+    heap = [(0, s) for s in range(num_servers)]
+    owner: dict[int, int] = {}
+    for i in sorted(range(num_blocks), key=lambda i: (-(bounds[i][1] - bounds[i][0]), i)):
+        load, server = heapq.heappop(heap)
+        owner[i] = server
+        heapq.heappush(heap, (load + bounds[i][1] - bounds[i][0], server))
+    blocks = tuple(
+        Block(i, start, stop, min(max(n_params, start), stop), owner[i]) for i, (start, stop) in enumerate(bounds)
+    )
+    return BlockLayout(tuple(tensors), blocks, num_servers, _digest(tensors, blocks, num_servers))
+
+
+def _digest(tensors: Sequence[TensorSpec], blocks: Sequence[Block], num_servers: int) -> str:
+    doc = {
+        "tensors": [[t.name, list(t.shape), t.dtype, t.is_buffer] for t in tensors],
+        "blocks": [[b.start, b.stop, b.server] for b in blocks],
+        "servers": num_servers,
+    }
+    return hashlib.sha256(json.dumps(doc, separators=(",", ":")).encode()).hexdigest()[:16]

@@ -1,0 +1,117 @@
+"""Synchronization policy: the (k, b, τ, deadlines) tuple every mode is a preset of (DESIGN.md §2)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+MODES = ("bsp", "backup", "partial-pull", "partial", "ssp", "async")
+Weighting = Literal["none", "inverse"]
+
+
+@dataclass(frozen=True)
+class SyncPolicy:
+    """Resolved, integer thresholds for one run.
+
+    k: accepted contributions that trigger an update of a block.
+    b: blocks refreshed since the last step before a worker computes again.
+    tau: staleness bound (None = unbounded).
+    push_deadline / pull_deadline: seconds after which a quorum of >= 1 suffices (None = wait for k / b).
+    ssp_slack: with SSP, a worker's pulls are held while it is more than this many steps ahead of the
+      slowest live worker (None = no clock bound).
+    immediate_pull: servers answer a pull at once even with nothing new (async).
+    wait_for_pull: workers wait for b refreshed blocks (False for async).
+    weighting: "inverse" weights a contribution of staleness s by 1/(1+s); "none" averages plainly.
+    """
+
+    mode: str
+    num_workers: int
+    num_blocks: int
+    k: int
+    b: int
+    tau: int | None
+    push_deadline: float | None = None
+    pull_deadline: float | None = None
+    ssp_slack: int | None = None
+    immediate_pull: bool = False
+    wait_for_pull: bool = True
+    weighting: Weighting = "none"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.k <= self.num_workers:
+            raise ValueError(f"k={self.k} must be between 1 and the number of workers {self.num_workers}")
+        if not 1 <= self.b <= self.num_blocks:
+            raise ValueError(f"b={self.b} must be between 1 and the number of blocks {self.num_blocks}")
+        if self.tau is not None and self.tau < 0:
+            raise ValueError(f"tau={self.tau} must be >= 0 (or unbounded)")
+        for name in ("push_deadline", "pull_deadline"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name}={value} must be a positive number of seconds")
+        if self.ssp_slack is not None and self.ssp_slack < 0:
+            raise ValueError(f"ssp_slack={self.ssp_slack} must be >= 0")
+
+    def accepts(self, block_version: int, base_version: int) -> bool:
+        """A contribution computed from `base_version` may update a block now at `block_version`."""
+        return self.tau is None or block_version - base_version <= self.tau
+
+
+def resolve_count(value: int | float, total: int, name: str) -> int:
+    """k and b may be counts (int >= 1) or fractions of the total (0 < float <= 1, rounded up)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a count (int) or a fraction (float), got {value!r}")
+    if isinstance(value, float):
+        if not 0 < value <= 1:
+            raise ValueError(f"{name}={value} as a fraction must be in (0, 1]: use an integer for a count")
+        return max(1, math.ceil(value * total - 1e-9))
+    if not 1 <= value <= total:
+        raise ValueError(f"{name}={value} must be between 1 and {total}")
+    return value
+
+
+def make_policy(
+    mode: str,
+    num_workers: int,
+    num_blocks: int,
+    *,
+    k: int | float | None = None,
+    b: int | float | None = None,
+    tau: int | None = None,
+    backups: int = 1,
+    pull_fraction: float = 0.5,
+    push_deadline: float | None = None,
+    pull_deadline: float | None = None,
+    ssp_slack: int = 3,
+    weighting: Weighting = "none",
+) -> SyncPolicy:
+    """Expand a named mode into thresholds; explicit k / b / tau override the preset's."""
+    n, nb = num_workers, num_blocks
+    if mode not in MODES:
+        raise ValueError(f"unknown mode '{mode}': choose one of {', '.join(MODES)}")
+    backup_k = max(1, n - backups)
+    pull_b = max(1, math.ceil(pull_fraction * nb - 1e-9))
+    presets: dict[str, dict] = {
+        "bsp": dict(k=n, b=nb, tau=0),
+        "backup": dict(k=backup_k, b=nb, tau=0),
+        "partial-pull": dict(k=n, b=pull_b, tau=1),
+        "partial": dict(k=backup_k, b=pull_b, tau=1),
+        "ssp": dict(k=1, b=nb, tau=None, ssp_slack=ssp_slack),
+        "async": dict(k=1, b=nb, tau=None, immediate_pull=True, wait_for_pull=False),
+    }
+    preset = presets[mode]
+    if k is not None:
+        preset["k"] = resolve_count(k, n, "k")
+    if b is not None:
+        preset["b"] = resolve_count(b, nb, "b")
+    if tau is not None:
+        preset["tau"] = tau
+    return SyncPolicy(
+        mode=mode,
+        num_workers=n,
+        num_blocks=nb,
+        push_deadline=push_deadline,
+        pull_deadline=pull_deadline,
+        weighting=weighting,
+        **preset,
+    )

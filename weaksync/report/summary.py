@@ -1,0 +1,119 @@
+"""Turn a run directory's event logs and per-process figures into `summary.json`."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..runtime.eventlog import read_events
+from ..runtime.resources import write_json
+
+
+def _events(run_dir: Path, pattern: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for path in sorted((run_dir / "events").glob(pattern)):
+        out.extend(read_events(path))
+    return out
+
+
+def _procs(run_dir: Path, role: str) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted((run_dir / "procs").glob(f"{role}-*.json"))]
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "p99": None}
+    arr = np.asarray(values)
+    return {f"p{q}": float(np.percentile(arr, q)) for q in (50, 95, 99)}
+
+
+def build_summary(run_dir: Path, target_accuracy: float) -> dict[str, Any]:
+    """Everything a user asks after a run: how fast, how accurate, what was dropped, what was sent."""
+    run_dir = Path(run_dir)
+    meta = json.loads((run_dir / "meta.json").read_text()) if (run_dir / "meta.json").exists() else {}
+    steps = [e for e in _events(run_dir, "worker-*.jsonl") if e["ev"] == "step"]
+    updates = [e for e in _events(run_dir, "server-*.jsonl") if e["ev"] == "update"]
+    evals = sorted((e for e in _events(run_dir, "evaluator.jsonl") if e["ev"] == "eval"), key=lambda e: e["t"])
+    servers, workers = _procs(run_dir, "server"), _procs(run_dir, "worker")
+
+    start = min((e["t"] for e in steps), default=None)
+    end = max((e["t_push"] for e in steps), default=None)
+    wall = (end - start) if start is not None and end is not None else None
+    by_worker: dict[int, list[dict]] = {}
+    for e in steps:
+        by_worker.setdefault(e["w"], []).append(e)
+    step_intervals: list[float] = []
+    per_worker = {}
+    for w, evs in sorted(by_worker.items()):
+        evs.sort(key=lambda e: e["step"])
+        starts = [e["t"] for e in evs]
+        intervals = list(np.diff(starts)) if len(starts) > 1 else []
+        step_intervals += intervals
+        compute = [e["t_end"] - e["t"] for e in evs]
+        span = evs[-1]["t_push"] - evs[0]["t"]
+        per_worker[str(w)] = {
+            "steps": len(evs),
+            "steps_per_s": len(evs) / span if span > 0 else None,
+            "step_time": _percentiles(intervals),
+            "compute_time": _percentiles(compute),
+            "wait_time": _percentiles([e["wait"] for e in evs[1:]]),
+        }
+    staleness = Counter()
+    for u in updates:
+        for _, base in u["contributors"]:
+            staleness[u["v"] - 1 - base] += 1
+    drops: Counter[str] = Counter()
+    accepted_by_worker: Counter[str] = Counter()
+    dropped_by_worker: Counter[str] = Counter()
+    for s in servers:
+        drops.update(s["drops"])
+        accepted_by_worker.update({str(k): v for k, v in s["accepted_by_worker"].items()})
+        dropped_by_worker.update({str(k): v for k, v in s["dropped_by_worker"].items()})
+    for w, stats in per_worker.items():
+        total = accepted_by_worker[w] + dropped_by_worker[w]
+        stats["accepted_share"] = accepted_by_worker[w] / total if total else None
+
+    reached = next((e for e in evals if e["accuracy"] >= target_accuracy), None)
+    num_steps = len(steps)
+    summary = {
+        "run": run_dir.name,
+        **meta,
+        "steps": num_steps,
+        "train_seconds": wall,
+        "steps_per_s": num_steps / wall if wall else None,
+        "step_time": _percentiles(step_intervals),
+        "target_accuracy": target_accuracy,
+        "time_to_accuracy": (reached["t"] - start) if reached and start is not None else None,
+        "final_accuracy": evals[-1]["accuracy"] if evals else None,
+        "best_accuracy": max((e["accuracy"] for e in evals), default=None),
+        "evaluations": len(evals),
+        "accuracy_curve": [[round(e["t"] - start, 3) if start else None, e["accuracy"]] for e in evals],
+        "updates": len(updates),
+        "updates_by_deadline": sum(1 for u in updates if u.get("by_deadline")),
+        "contributions": {"accepted": sum(accepted_by_worker.values()), "dropped": sum(dropped_by_worker.values()),
+                          "drops_by_reason": dict(drops)},
+        "staleness": {str(k): v for k, v in sorted(staleness.items())},
+        "blocks_per_step": {
+            "fresh_mean": float(np.mean([e["fresh"] for e in steps])) if steps else None,
+            "stale_mean": float(np.mean([len(e["stale"]) for e in steps])) if steps else None,
+        },
+        "traffic": {
+            "push_msgs": sum(w["push_msgs"] for w in workers), "push_bytes": sum(w["push_bytes"] for w in workers),
+            "pull_msgs": sum(w["pull_msgs"] for w in workers), "reply_msgs": sum(w["reply_msgs"] for w in workers),
+            "reply_bytes": sum(w["reply_bytes"] for w in workers),
+            "bytes_per_step": (sum(w["push_bytes"] + w["reply_bytes"] for w in workers) / num_steps) if num_steps else None,
+            "msgs_per_step": (sum(w["push_msgs"] + w["pull_msgs"] + w["reply_msgs"] for w in workers) / num_steps)
+            if num_steps else None,
+        },
+        "workers": per_worker,
+        "servers": {str(s["id"]): {k: s[k] for k in ("updates", "accepted", "drops", "bad_messages", "reply_bytes",
+                                                   "state_bytes", "peak_rss_bytes")} for s in servers},
+        "peak_rss_bytes": {f"{p['role']}-{p['id']}": p["peak_rss_bytes"] for p in servers + workers},
+        "worker_status": {str(w["id"]): w.get("status") for w in workers},
+    }
+    write_json(run_dir / "summary.json", summary)
+    return summary

@@ -1,0 +1,149 @@
+"""Evaluator process: measures test accuracy of the servers' θ over wall-clock time, off the critical path.
+
+It runs at low priority (nice), peeks every block from the servers (a peek never touches the protocol
+core), evaluates, and logs `eval` events. When every worker is done it takes the final measurement and
+tells the servers to stop.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+
+import torch
+import zmq
+
+from ..training.evaluate import evaluate_loss_and_accuracy
+from ..transport.messages import BadMessage, decode, encode
+from ..transport.sockets import connect_dealer
+from .eventlog import EventLog
+from .flat import FlatModel, model_layout
+from .spec import RoleSpec, connect_store, install_stop_handlers, store_set_json, watch_parent
+
+NICE = 10
+
+
+MAX_PENDING_BYTES = 256 << 20
+
+
+class Evaluator:
+    """Snapshots are taken on a timer by one thread (cheap: a peek of every block) and evaluated in
+    order by the main thread, so each accuracy belongs to the moment its snapshot was taken even when
+    evaluation lags behind at low priority."""
+
+    def __init__(self, spec: RoleSpec):
+        cfg = spec.config
+        self.spec = spec
+        torch.manual_seed(cfg.run.seed)
+        self.model = spec.workload.model_fn()
+        self.layout = model_layout(self.model, cfg.cluster.servers, cfg.cluster.blocks)
+        self.flat = FlatModel(self.model, self.layout)
+        _, self.test = spec.workload.data_fn()
+        self.log = EventLog(spec.path / "events" / "evaluator.jsonl")
+        self.socks: list[zmq.Socket] = []
+        self.pending: queue.Queue[tuple[float, torch.Tensor, int, bool] | None] = queue.Queue()
+        self.pending_bytes = 0
+
+    def snapshot(self, timeout: float) -> tuple[torch.Tensor, int] | None:
+        """θ as the servers hold it now (a copy) and the total number of updates; None on timeout."""
+        for block in self.layout.blocks:
+            self.socks[block.server].send_multipart(encode("peek", j=block.index))
+        theta = torch.empty(self.layout.total)
+        versions: dict[int, int] = {}
+        deadline = time.monotonic() + timeout
+        poller = zmq.Poller()
+        for sock in self.socks:
+            poller.register(sock, zmq.POLLIN)
+        while len(versions) < self.layout.num_blocks:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            for sock, _ in poller.poll(int(left * 1000)):
+                try:
+                    msg = decode(sock.recv_multipart(copy=False))
+                except BadMessage:
+                    continue
+                if msg.kind == "block" and 0 <= msg["j"] < self.layout.num_blocks:
+                    block = self.layout.blocks[msg["j"]]
+                    if msg.payload.numel() == block.size:
+                        theta[block.start : block.stop] = msg.payload
+                        versions[block.index] = msg["v"]
+        return theta, sum(versions.values())
+
+    def take(self, final: bool = False) -> None:
+        """Queue a snapshot for evaluation (skipped while too many wait, to bound memory)."""
+        if self.pending_bytes > MAX_PENDING_BYTES and not final:
+            return
+        t = time.time()
+        got = self.snapshot(self.spec.config.timeouts.connect)
+        if got is None:
+            self.log.write("eval-timeout", t=t)
+            return
+        theta, updates = got
+        self.pending_bytes += theta.nbytes
+        self.pending.put((t, theta, updates, final))
+
+    def snapshots(self, store, done_keys: list[str], stop: threading.Event) -> None:
+        """Timer thread: a snapshot every eval_interval until every worker is done, then a final one."""
+        interval = self.spec.config.train.eval_interval
+        try:
+            while not stop.is_set() and not store.check(done_keys):
+                started = time.monotonic()
+                self.take()
+                stop.wait(max(0.01, interval - (time.monotonic() - started)))
+            if not stop.is_set():
+                self.take(final=True)
+        finally:
+            self.pending.put(None)
+
+    def evaluate_pending(self, store) -> None:
+        """Main thread: evaluate snapshots in the order they were taken."""
+        while (item := self.pending.get()) is not None:
+            t, theta, updates, final = item
+            self.pending_bytes -= theta.nbytes
+            self.flat.values.copy_(theta)
+            loss, acc = evaluate_loss_and_accuracy(self.model, self.test)
+            self.log.write("eval", t=t, t_done=time.time(), accuracy=acc, loss=loss, updates=updates, final=final)
+            try:
+                store_set_json(store, "progress/eval", {"accuracy": acc, "loss": loss, "t": t})
+            except Exception:
+                pass
+
+
+def run_evaluator(spec: RoleSpec) -> None:
+    install_stop_handlers()
+    watch_parent(spec.watch_pid)
+    try:
+        os.nice(NICE)
+    except OSError:
+        pass
+    torch.set_num_threads(1)
+    cfg = spec.config
+    evaluator = Evaluator(spec)
+    store = connect_store(spec)
+    endpoints = [store.get(f"server/{s}").decode() for s in range(cfg.cluster.servers)]
+    ctx = zmq.Context()
+    evaluator.socks = [connect_dealer(ctx, ep, b"evaluator") for ep in endpoints]
+    done_keys = [f"done/worker/{w}" for w in range(cfg.cluster.workers)]
+    stop = threading.Event()
+    timer = threading.Thread(target=evaluator.snapshots, args=(connect_store(spec), done_keys, stop),
+                             name="snapshots", daemon=True)
+    try:
+        timer.start()
+        evaluator.evaluate_pending(store)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        timer.join(timeout=5)
+        for sock in evaluator.socks:
+            try:
+                sock.send_multipart(encode("stop"), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+        evaluator.log.close()
+        for sock in evaluator.socks:
+            sock.close(linger=500)
+        ctx.term()

@@ -1,0 +1,42 @@
+"""Structured event log: one JSON object per line, one file per process, read by summary and report.
+
+Each record has `ev` (its type) and `t` (wall-clock seconds since the epoch); writes are buffered and
+flushed about once a second so logging stays off the step's critical path.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+
+class EventLog:
+    def __init__(self, path: Path, flush_interval: float = 1.0):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("a", buffering=1 << 16)
+        self._flush_interval = flush_interval
+        self._last_flush = time.monotonic()
+
+    def write(self, ev: str, **fields: Any) -> None:
+        fields.setdefault("t", time.time())
+        self._file.write(json.dumps({"ev": ev, **fields}, separators=(",", ":")) + "\n")
+        now = time.monotonic()
+        if now - self._last_flush > self._flush_interval:
+            self._file.flush()
+            self._last_flush = now
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+def read_events(path: Path) -> Iterator[dict[str, Any]]:
+    """Records of one log; a torn last line (a killed process) is skipped, not fatal."""
+    with path.open() as f:
+        for line in f:
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue

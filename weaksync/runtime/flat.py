@@ -1,0 +1,66 @@
+"""A model whose parameters and float buffers live in one flat float32 vector, in layout order.
+
+Re-pointing every tensor into one storage makes installing a block a single memcpy and turns a step's
+gradient into slices of one buffer, so per-block messages cost no gathering.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..core.layout import Block, BlockLayout, TensorSpec, build_layout, order_tensors, resolve_num_blocks
+
+
+def tensor_specs(model: nn.Module) -> tuple[TensorSpec, ...]:
+    """θ's tensors in layout order: parameters, then floating-point buffers."""
+    params = [TensorSpec(n, tuple(p.shape), str(p.dtype).removeprefix("torch."), False) for n, p in model.named_parameters()]
+    buffers = [TensorSpec(n, tuple(b.shape), str(b.dtype).removeprefix("torch."), True) for n, b in model.named_buffers()]
+    return order_tensors(params, buffers)
+
+
+def model_layout(model: nn.Module, num_servers: int, num_blocks: int | None) -> BlockLayout:
+    specs = tensor_specs(model)
+    total = sum(t.numel for t in specs)
+    return build_layout(specs, resolve_num_blocks(num_blocks, total, num_servers), num_servers)
+
+
+class FlatModel:
+    """Owns `values` (θ) and `grads` (∂loss/∂params, buffers' slots unused) as flat float32 vectors."""
+
+    def __init__(self, model: nn.Module, layout: BlockLayout):
+        self.model = model.float()
+        self.layout = layout
+        self.values = torch.zeros(layout.total, dtype=torch.float32)
+        self.grads = torch.zeros(layout.num_params, dtype=torch.float32)
+        modules = dict(model.named_modules())
+        offset = 0
+        for spec in layout.tensors:
+            owner_name, _, attr = spec.name.rpartition(".")
+            owner = modules[owner_name]
+            view = self.values[offset : offset + spec.numel].view(spec.shape)
+            if spec.is_buffer:
+                view.copy_(owner._buffers[attr])
+                owner._buffers[attr] = view
+            else:
+                param = owner._parameters[attr]
+                view.copy_(param.data)
+                param.data = view
+                param.grad = self.grads[offset : offset + spec.numel].view(spec.shape)
+            offset += spec.numel
+
+    def install(self, block: Block, payload: torch.Tensor) -> None:
+        """Overwrite one block of θ with values received from its server."""
+        self.values[block.start : block.stop].copy_(payload)
+
+    def zero_grad(self) -> None:
+        self.grads.zero_()
+
+    def push_vector(self) -> torch.Tensor:
+        """A fresh vector holding gradients in parameter slots and current values in buffer slots; fresh so
+        that zero-copy sends of its slices can never see a later step's data."""
+        out = torch.empty(self.layout.total, dtype=torch.float32)
+        n = self.layout.num_params
+        out[:n].copy_(self.grads)
+        out[n:].copy_(self.values[n:])
+        return out

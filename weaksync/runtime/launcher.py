@@ -1,0 +1,249 @@
+"""The embedded default: start S servers, N workers and an evaluator on this machine (loopback only),
+watch them, and stop every one of them on success, on failure and on Ctrl-C.
+
+Processes come from a forkserver that has torch preloaded, so starting 7 of them costs one torch import.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import zmq
+from torch.distributed import PrefixStore, TCPStore
+
+from ..config import Config, ConfigError, dump_config
+from ..report.summary import build_summary
+from ..training.workload import Workload, builtin_workload
+from ..transport.messages import encode
+from ..transport.sockets import connect_dealer
+from .flat import model_layout
+from .resources import write_json
+from .spec import RoleSpec
+
+PRELOAD = ["torch", "sklearn.datasets", "weaksync.runtime.server", "weaksync.runtime.worker", "weaksync.runtime.evaluator",
+           "weaksync.training.models", "weaksync.training.data"]
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+
+class RunFailed(RuntimeError):
+    """The run stopped early; the message says which process and why."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+def _entry(spec: RoleSpec) -> None:
+    from .evaluator import run_evaluator
+    from .server import run_server
+    from .worker import RegistrationError, run_worker
+
+    target = {"server": run_server, "worker": run_worker, "evaluator": run_evaluator}[spec.role]
+    try:
+        target(spec)
+    except KeyboardInterrupt:
+        os._exit(130)
+    except (RegistrationError, ConfigError) as exc:
+        _record_error(spec, str(exc))
+        os._exit(3)
+    except Exception as exc:
+        _record_error(spec, f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _record_error(spec: RoleSpec, text: str) -> None:
+    """Leave the reason where the launcher reads it, so its one-line failure message can name it."""
+    path = spec.path / "procs" / f"{spec.name}.error"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.splitlines()[0] if text else "unknown error")
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
+
+
+def prepare(config: Config, workload: Workload | None) -> tuple[Workload, dict[str, Any]]:
+    """Validate everything that can be checked before a process starts (model, data, k, b vs B)."""
+    if workload is None:
+        from ..training.sources import check_data_source
+        from ..training.models import MODEL_NAMES
+
+        if config.model.name not in MODEL_NAMES:
+            raise ConfigError(f"model.name: unknown model '{config.model.name}': choose one of {', '.join(MODEL_NAMES)}")
+        check_data_source(config.data.name, config.data.dir)
+        workload = builtin_workload(config.model.name, config.data.name, config.data.dir, config.run.seed,
+                                    config.data.synthetic_size)
+    torch.manual_seed(config.run.seed)
+    try:
+        layout = model_layout(workload.model_fn(), config.cluster.servers, config.cluster.blocks)
+    except ValueError as exc:
+        raise ConfigError(f"cluster.blocks: {exc}") from None
+    policy = config.policy(layout.num_blocks)
+    meta = {
+        "mode": policy.mode, "num_workers": policy.num_workers, "num_servers": config.cluster.servers,
+        "num_blocks": layout.num_blocks, "k": policy.k, "b": policy.b, "tau": policy.tau,
+        "push_deadline": policy.push_deadline, "pull_deadline": policy.pull_deadline,
+        "ssp_slack": policy.ssp_slack, "parameters": layout.num_params, "theta_size": layout.total,
+        "layout_digest": layout.digest, "model": config.model.name, "data": config.data.name,
+        "batch_size": config.train.batch_size, "steps_per_worker": config.train.steps,
+    }
+    return workload, meta
+
+
+def make_run_dir(config: Config) -> Path:
+    name = config.run.name or f"{time.strftime('%Y%m%d-%H%M%S')}-{config.sync.mode}-{uuid.uuid4().hex[:4]}"
+    run_dir = Path(config.run.out_dir) / name
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"run.name: run directory '{run_dir}' already exists: choose another run.name or remove it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+class LocalCluster:
+    """The processes of one embedded run and the store they meet at."""
+
+    def __init__(self, config: Config, workload: Workload, run_dir: Path):
+        self.config = config
+        self.workload = workload
+        self.run_dir = run_dir
+        self.run_id = run_dir.name
+        self.store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
+                              timeout=timedelta(seconds=config.timeouts.connect))
+        self.prefixed = PrefixStore(f"weaksync/{self.run_id}/", self.store)
+        self.ctx = mp.get_context("forkserver")
+        self.ctx.set_forkserver_preload(PRELOAD)
+        self.procs: dict[str, BaseProcess] = {}
+        self.gone: set[str] = set()
+
+    def spec(self, role: str, rank: int) -> RoleSpec:
+        return RoleSpec(role, rank, self.config, self.workload, "127.0.0.1", self.store.port, self.run_id,
+                        str(self.run_dir), watch_pid=os.getpid())
+
+    def start(self) -> None:
+        c = self.config.cluster
+        specs = [self.spec("server", s) for s in range(c.servers)] + [self.spec("evaluator", 0)]
+        specs += [self.spec("worker", w) for w in range(c.workers)]
+        for spec in specs:
+            proc = self.ctx.Process(target=_entry, args=(spec,), name=f"weaksync-{spec.name}", daemon=False)
+            proc.start()
+            self.procs[spec.name] = proc
+
+    def error_of(self, name: str) -> str | None:
+        path = self.run_dir / "procs" / f"{name}.error"
+        return path.read_text().strip() if path.exists() else None
+
+    def exited(self) -> dict[str, int]:
+        return {name: p.exitcode for name, p in self.procs.items() if p.exitcode is not None}
+
+    def tell_servers(self, kind: str, **fields: Any) -> None:
+        """Send a control message (leave/stop) to every server as the launcher."""
+        ctx = zmq.Context.instance()
+        for s in range(self.config.cluster.servers):
+            try:
+                endpoint = self.prefixed.get(f"server/{s}").decode()
+            except Exception:
+                continue
+            sock = connect_dealer(ctx, endpoint, b"launcher")
+            sock.send_multipart(encode(kind, **fields))
+            sock.close(linger=1000)
+
+    def stop_all(self) -> list[str]:
+        """SIGTERM everyone still running, wait the shutdown grace, SIGKILL the rest; returns the killed."""
+        alive = [p for p in self.procs.values() if p.is_alive()]
+        for p in alive:
+            p.terminate()
+        deadline = time.monotonic() + self.config.timeouts.shutdown
+        for p in alive:
+            p.join(max(0.0, deadline - time.monotonic()))
+        killed = []
+        for name, p in self.procs.items():
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+                killed.append(name)
+        return killed
+
+    def progress(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"workers": {}}
+        for w in range(self.config.cluster.workers):
+            key = f"progress/worker/{w}"
+            if self.prefixed.check([key]):
+                out["workers"][w] = json.loads(self.prefixed.get(key))
+        if self.prefixed.check(["progress/eval"]):
+            out["eval"] = json.loads(self.prefixed.get("progress/eval"))
+        return out
+
+
+def run_local(config: Config, workload: Workload | None = None, on_progress: ProgressCallback | None = None,
+              poll_interval: float = 0.25) -> RunResult:
+    """Train with the embedded cluster; returns the run directory and its summary, raises RunFailed."""
+    workload, meta = prepare(config, workload)
+    run_dir = make_run_dir(config)
+    (run_dir / "config.yaml").write_text(dump_config(config))
+    write_json(run_dir / "meta.json", meta)
+    cluster = LocalCluster(config, workload, run_dir)
+    failure: str | None = None
+    try:
+        cluster.start()
+        failure = _watch(cluster, on_progress, poll_interval)
+    except KeyboardInterrupt:
+        failure = "interrupted by Ctrl-C"
+    finally:
+        killed = cluster.stop_all()
+        cluster.store = None  # type: ignore[assignment]  # closes the store's server socket
+    summary = build_summary(run_dir, config.train.target_accuracy)
+    if failure:
+        summary["failure"] = failure
+        write_json(run_dir / "summary.json", summary)
+        more = f"; killed after the {config.timeouts.shutdown:.0f}s grace: {', '.join(killed)}" if killed else ""
+        raise RunFailed(f"{failure}; all {len(cluster.procs)} processes stopped{more}; logs in {run_dir}")
+    return RunResult(run_dir, summary)
+
+
+def _watch(cluster: LocalCluster, on_progress: ProgressCallback | None, poll_interval: float) -> str | None:
+    """Follow the run until every process ended; return why it failed, or None."""
+    config = cluster.config
+    workers = {f"worker-{w}" for w in range(config.cluster.workers)}
+    last_progress = 0.0
+    while True:
+        exited = cluster.exited()
+        for name, code in exited.items():
+            if code == 0 or name in cluster.gone:
+                continue
+            cluster.gone.add(name)
+            if name in workers and config.on_worker_failure == "continue" and workers - cluster.gone:
+                # servers cap the push quorum at the live workers, so the others go on without it
+                rank = int(name.split("-")[1])
+                cluster.tell_servers("leave", w=rank)
+                cluster.prefixed.set(f"done/worker/{rank}", "failed")
+                continue
+            why = cluster.error_of(name)
+            return (f"{name} stopped unexpectedly ({describe_exit(code)}{': ' + why if why else ''}); "
+                    f"stopping the run (on_worker_failure={config.on_worker_failure})")
+        if len(exited) == len(cluster.procs):
+            return None
+        now = time.monotonic()
+        if on_progress is not None and now - last_progress > 1.0:
+            last_progress = now
+            try:
+                on_progress(cluster.progress())
+            except Exception:  # progress display must never break a run
+                pass
+        time.sleep(poll_interval)

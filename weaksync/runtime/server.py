@@ -1,0 +1,231 @@
+"""Server process: a ZeroMQ ROUTER in front of the server core and its block store.
+
+Single-threaded event loop: poll with a timeout bounded by the next push deadline and the heartbeat
+check, decode and validate each message, feed the core, perform its actions.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+
+import torch
+import zmq
+
+from ..core.actions import Accept, Apply, Drop, Send
+from ..core.layout import BlockLayout
+from ..core.server import ServerCore
+from ..training.optim import lr_function, optimizer_factory
+from ..transport.messages import BadMessage, Message, decode, encode, payload_problem
+from ..transport.sockets import bind_router
+from .eventlog import EventLog
+from .flat import FlatModel, model_layout
+from .resources import peak_rss_bytes, write_json
+from .spec import RoleSpec, connect_store, install_stop_handlers, watch_parent
+
+LAUNCHER = b"launcher"
+EVALUATOR = b"evaluator"
+
+
+def worker_identity(worker: int) -> bytes:
+    return f"w{worker}".encode()
+
+
+def build_theta0(spec: RoleSpec) -> tuple[BlockLayout, torch.Tensor]:
+    """θ₀ and the layout, identical on every rank: the model is built right after seeding."""
+    torch.manual_seed(spec.config.run.seed)
+    model = spec.workload.model_fn()
+    layout = model_layout(model, spec.config.cluster.servers, spec.config.cluster.blocks)
+    return layout, FlatModel(model, layout).values
+
+
+class Server:
+    def __init__(self, spec: RoleSpec):
+        cfg = spec.config
+        self.spec = spec
+        self.layout, theta0 = build_theta0(spec)
+        self.policy = cfg.policy(self.layout.num_blocks)
+        self.core = ServerCore(self.policy, [b.index for b in self.layout.blocks_of(spec.rank)])
+        from .blockstore import BlockStore
+
+        self.store = BlockStore(self.layout, spec.rank, theta0, optimizer_factory(cfg.optim),
+                                lr_function(cfg.optim, cfg.train.steps))
+        self.log = EventLog(spec.path / "events" / f"{spec.name}.jsonl")
+        self.bad_messages: Counter[str] = Counter()
+        self.last_seen: dict[int, float] = {}
+        self.identities: dict[int, bytes] = {}
+        self.registered: set[int] = set()
+        self.finished: set[int] = set()
+        self.replies = 0
+        self.reply_bytes = 0
+        self.push_bytes = 0
+        self.pull_msgs = 0
+        self.push_msgs = 0
+        self.stop_requested = False
+
+    def serve(self, sock: zmq.Socket) -> None:
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        hb = self.spec.config.timeouts
+        all_gone_since: float | None = None
+        while not self.stop_requested:
+            now = time.monotonic()
+            deadline = self.core.next_deadline()
+            wait = hb.heartbeat_interval if deadline is None else max(0.0, min(deadline - now, hb.heartbeat_interval))
+            if poller.poll(int(wait * 1000)):
+                while True:
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self.handle(sock, frames)
+            now = time.monotonic()
+            self.perform(sock, self.core.on_timer(now))
+            self.expire_silent(sock, now)
+            if self.core.live or not self.registered:
+                all_gone_since = None
+            elif all_gone_since is None:
+                all_gone_since = now
+            elif now - all_gone_since > hb.connect:  # nobody sent 'stop' (evaluator lost): leave anyway
+                self.log.write("orphaned", s=self.spec.rank, waited=now - all_gone_since)
+                return
+
+    def handle(self, sock: zmq.Socket, frames: list) -> None:
+        identity = frames[0].bytes
+        try:
+            msg = decode(frames[1:])
+        except BadMessage as exc:
+            self.reject(identity, str(exc))
+            return
+        now = time.monotonic()
+        kind = msg.kind
+        if kind in ("push", "pull", "hello", "bye", "hb"):
+            worker = msg["w"]
+            expected = worker_identity(worker) + (b".hb" if kind == "hb" else b"")
+            if identity != expected:
+                self.reject(identity, f"'{kind}' claims worker {worker} from identity {identity!r}")
+                return
+            self.last_seen[worker] = now
+        if kind == "push":
+            self.push_msgs += 1
+            self.push_bytes += msg.payload.nbytes if msg.payload is not None else 0
+            block = self.store.blocks.get(msg["j"])
+            problem = payload_problem(msg.payload, block.size) if block else None
+            actions = self.core.on_push(msg["w"], msg["j"], msg["base"], msg["step"], now, problem)
+            if problem:
+                self.log.write("drop", s=self.spec.rank, w=msg["w"], j=msg["j"], reason="malformed", detail=problem)
+            self.perform(sock, actions, msg)
+        elif kind == "pull":
+            self.pull_msgs += 1
+            self.perform(sock, self.core.on_pull(msg["w"], msg["j"], msg["want"], msg["clock"], now))
+        elif kind == "hello":
+            self.hello(sock, identity, msg)
+        elif kind == "bye":
+            self.finished.add(msg["w"])
+            self.perform(sock, self.core.worker_left(msg["w"]))
+        elif kind == "leave" and identity in (LAUNCHER, EVALUATOR):
+            self.log.write("leave", s=self.spec.rank, w=msg["w"], why="launcher")
+            self.perform(sock, self.core.worker_left(msg["w"]))
+        elif kind == "peek" and identity == EVALUATOR:
+            j = msg["j"]
+            if j in self.store.blocks:
+                self.send_block(sock, identity, j, self.core.version(j))
+        elif kind == "stop" and identity in (LAUNCHER, EVALUATOR):
+            self.stop_requested = True
+        elif kind == "hb":
+            pass
+        else:
+            self.reject(identity, f"unexpected '{kind}' from {identity!r}")
+
+    def hello(self, sock: zmq.Socket, identity: bytes, msg: Message) -> None:
+        worker = msg["w"]
+        if msg["digest"] != self.layout.digest:
+            reason = (f"layout mismatch: worker {worker} built a model with layout {msg['digest']}, server "
+                      f"{self.spec.rank} has {self.layout.digest}: every rank must build the same model, blocks and servers")
+            self.reject(identity, reason)
+            sock.send_multipart([identity, *encode("refuse", reason=reason)])
+            return
+        if not 0 <= worker < self.policy.num_workers:
+            reason = f"worker id {worker} is outside 0..{self.policy.num_workers - 1}: check cluster.workers"
+            sock.send_multipart([identity, *encode("refuse", reason=reason)])
+            return
+        if worker in self.finished or worker not in self.core.live:
+            self.finished.discard(worker)
+            self.core.worker_joined(worker)
+        self.registered.add(worker)
+        self.log.write("hello", s=self.spec.rank, w=worker, pid=msg["pid"])
+        sock.send_multipart([identity, *encode("welcome", s=self.spec.rank, digest=self.layout.digest)])
+
+    def perform(self, sock: zmq.Socket, actions: list, msg: Message | None = None) -> None:
+        for action in actions:
+            if isinstance(action, Accept):
+                self.store.accept(action, msg.payload)
+            elif isinstance(action, Send):
+                self.send_block(sock, worker_identity(action.worker), action.block, action.version)
+            elif isinstance(action, Apply):
+                self.store.apply(action)
+                self.log.write("update", s=self.spec.rank, j=action.block, v=action.version, step=action.step,
+                               by_deadline=action.by_deadline, contributors=[[w, u] for w, u, _ in action.contributors])
+            elif isinstance(action, Drop) and action.reason != "malformed":
+                self.log.write("drop", s=self.spec.rank, w=action.worker, j=action.block, base=action.base,
+                               v=action.version, reason=action.reason)
+
+    def send_block(self, sock: zmq.Socket, identity: bytes, block: int, version: int) -> None:
+        payload = self.store.snapshot(block)
+        try:
+            sock.send_multipart([identity, *encode("block", payload, j=block, v=version)], copy=False)
+        except zmq.ZMQError:  # the peer is gone (ROUTER_MANDATORY); the heartbeat check handles it
+            self.bad_messages["unroutable reply"] += 1
+            return
+        self.replies += 1
+        self.reply_bytes += payload.nbytes
+
+    def reject(self, identity: bytes, reason: str) -> None:
+        self.bad_messages[reason.split(":")[0]] += 1
+        self.log.write("reject", s=self.spec.rank, peer=identity.decode(errors="replace"), reason=reason)
+
+    def expire_silent(self, sock: zmq.Socket, now: float) -> None:
+        """Declare gone a registered worker that sent nothing (not even a heartbeat) for too long."""
+        limit = self.spec.config.timeouts.heartbeat
+        for worker, seen in list(self.last_seen.items()):
+            if worker in self.core.live and worker not in self.finished and now - seen > limit:
+                self.log.write("leave", s=self.spec.rank, w=worker, why=f"silent for {now - seen:.1f}s")
+                self.perform(sock, self.core.worker_left(worker))
+                del self.last_seen[worker]
+
+    def summary(self) -> dict:
+        return {
+            "role": "server", "id": self.spec.rank, "pid": os.getpid(),
+            "blocks": sorted(self.store.blocks), "versions": {j: self.core.version(j) for j in self.store.blocks},
+            "updates": self.core.updates, "accepted": sum(self.core.accepted.values()),
+            "accepted_by_worker": dict(self.core.accepted), "dropped_by_worker": dict(self.core.dropped),
+            "drops": dict(self.core.drops), "bad_messages": dict(self.bad_messages),
+            "push_msgs": self.push_msgs, "push_bytes": self.push_bytes, "pull_msgs": self.pull_msgs,
+            "reply_msgs": self.replies, "reply_bytes": self.reply_bytes, "state_bytes": self.store.nbytes(),
+            "peak_rss_bytes": peak_rss_bytes(),
+        }
+
+
+def run_server(spec: RoleSpec) -> None:
+    """Entry point of a server process: bind, publish the endpoint, serve until told to stop."""
+    install_stop_handlers()
+    watch_parent(spec.watch_pid)
+    torch.set_num_threads(spec.config.train.threads)
+    server = Server(spec)
+    store = connect_store(spec)
+    ctx = zmq.Context()
+    sock, endpoint = bind_router(ctx, spec.config.cluster.host)
+    try:
+        store.set(f"server/{spec.rank}", endpoint)
+        store.set(f"layout/{spec.rank}", server.layout.digest)
+        server.log.write("start", s=spec.rank, endpoint=endpoint, blocks=sorted(server.store.blocks))
+        server.serve(sock)
+    except KeyboardInterrupt:
+        server.log.write("interrupted", s=spec.rank)
+    finally:
+        server.log.write("end", s=spec.rank)
+        server.log.close()
+        write_json(spec.path / "procs" / f"{spec.name}.json", server.summary())
+        sock.close(linger=0)
+        ctx.term()

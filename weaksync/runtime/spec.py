@@ -1,0 +1,83 @@
+"""What every process of a run is handed: its role, the config, the workload and where to meet."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from torch.distributed import PrefixStore, Store, TCPStore
+
+from ..config import Config
+from ..training.workload import Workload
+
+
+@dataclass
+class RoleSpec:
+    role: str  # "server" | "worker" | "evaluator"
+    rank: int  # id within the role
+    config: Config
+    workload: Workload
+    store_host: str
+    store_port: int
+    run_id: str
+    run_dir: str
+    watch_pid: int | None = None  # exit if this process (the launcher) disappears
+
+    @property
+    def name(self) -> str:
+        return self.role if self.role == "evaluator" else f"{self.role}-{self.rank}"
+
+    @property
+    def path(self) -> Path:
+        return Path(self.run_dir)
+
+
+def connect_store(spec: RoleSpec) -> Store:
+    """A client of the run's TCPStore, keys prefixed by the run id, with an explicit timeout."""
+    timeout = timedelta(seconds=spec.config.timeouts.connect)
+    store = TCPStore(spec.store_host, spec.store_port, is_master=False, timeout=timeout)
+    return PrefixStore(f"weaksync/{spec.run_id}/", store)
+
+
+def store_get_json(store: Store, key: str) -> Any:
+    return json.loads(store.get(key).decode())
+
+
+def store_set_json(store: Store, key: str, value: Any) -> None:
+    store.set(key, json.dumps(value))
+
+
+def watch_parent(pid: int | None, interval: float = 1.0) -> None:
+    """Exit this process soon after `pid` is gone, so that a SIGKILLed launcher leaves no orphans."""
+    if pid is None:
+        return
+
+    def loop() -> None:
+        while True:
+            time.sleep(interval)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+                os._exit(1)
+
+    threading.Thread(target=loop, name="watch-parent", daemon=True).start()
+
+
+def install_stop_handlers() -> None:
+    """SIGTERM and SIGINT end the process through KeyboardInterrupt, so `finally` blocks close sockets
+    and flush logs."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

@@ -1,0 +1,253 @@
+"""Worker process: computes gradients on its data shard and talks to every server through a DEALER.
+
+The loop is the worker core's: install replies, wait for the pull quorum, compute one minibatch on the
+local θ (fresh and stale blocks mixed), push every block, request newer blocks.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import zmq
+
+from ..core.worker import WorkerCore
+from ..training.data import BatchStream, shard_indices
+from ..transport.messages import BadMessage, decode, encode
+from ..transport.sockets import connect_dealer
+from .eventlog import EventLog
+from .flat import FlatModel, model_layout
+from .resources import peak_rss_bytes, write_json
+from torch.distributed import Store
+
+from .spec import RoleSpec, connect_store, install_stop_handlers, store_set_json, watch_parent
+
+
+class RegistrationError(RuntimeError):
+    """A server refused this worker (layout mismatch, bad id) or never answered."""
+
+
+@dataclass
+class Traffic:
+    push_msgs: int = 0
+    push_bytes: int = 0
+    pull_msgs: int = 0
+    reply_msgs: int = 0
+    reply_bytes: int = 0
+    installed: int = 0
+    bad: dict[str, int] = field(default_factory=dict)
+
+
+class Worker:
+    def __init__(self, spec: RoleSpec):
+        cfg = spec.config
+        self.spec = spec
+        self.id = spec.rank
+        torch.manual_seed(cfg.run.seed)
+        self.model = spec.workload.model_fn()
+        self.layout = model_layout(self.model, cfg.cluster.servers, cfg.cluster.blocks)
+        self.flat = FlatModel(self.model, self.layout)
+        self.core = WorkerCore(self.id, cfg.policy(self.layout.num_blocks))
+        train, _ = spec.workload.data_fn()
+        shard = shard_indices(len(train), cfg.cluster.workers, self.id, cfg.run.seed)
+        self.batches = BatchStream(train, shard, cfg.train.batch_size, seed=cfg.run.seed * 7919 + self.id)
+        self.log = EventLog(spec.path / "events" / f"{spec.name}.jsonl")
+        self.traffic = Traffic()
+        self.identity = f"w{self.id}".encode()
+        self.socks: list[zmq.Socket] = []
+        self.step_times: list[float] = []
+        self.store: Store | None = None  # set once connected; progress goes there for live display
+
+    # -- connection ----------------------------------------------------------------------------------
+
+    def connect(self, ctx: zmq.Context, endpoints: list[str]) -> None:
+        self.socks = [connect_dealer(ctx, ep, self.identity) for ep in endpoints]
+        for sock in self.socks:
+            sock.send_multipart(encode("hello", w=self.id, digest=self.layout.digest, pid=os.getpid()))
+        pending = set(range(len(self.socks)))
+        deadline = time.monotonic() + self.spec.config.timeouts.connect
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RegistrationError(
+                    f"servers {sorted(pending)} did not answer registration within {self.spec.config.timeouts.connect:.0f}s "
+                    "(timeouts.connect): check that they run and are reachable")
+            for s in list(pending):
+                if self.socks[s].poll(int(min(left, 0.1) * 1000)):
+                    msg = decode(self.socks[s].recv_multipart())
+                    if msg.kind == "refuse":
+                        raise RegistrationError(f"server {s} refused worker {self.id}: {msg['reason']}")
+                    if msg.kind == "welcome":
+                        pending.discard(s)
+
+    # -- main loop -----------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        cfg = self.spec.config
+        self.send_pulls(self.core.start(time.monotonic()))
+        poller = zmq.Poller()
+        for sock in self.socks:
+            poller.register(sock, zmq.POLLIN)
+        wait_from = time.monotonic()
+        last_progress = 0.0
+        while self.core.step < cfg.train.steps:
+            self.drain()
+            now = time.monotonic()
+            if not self.core.ready(now):
+                deadline = self.core.deadline()
+                timeout = 0.5 if deadline is None else max(0.0, min(0.5, deadline - now))
+                poller.poll(int(timeout * 1000) + 1)
+                continue
+            waited = now - wait_from
+            self.step(waited)
+            wait_from = time.monotonic()
+            if wait_from - last_progress > 1.0:
+                self.publish_progress()
+                last_progress = wait_from
+        self.publish_progress()
+
+    def step(self, waited: float) -> None:
+        t0 = time.time()
+        plan = self.core.begin_step(time.monotonic())
+        x, y = next(self.batches)
+        self.model.train()
+        self.flat.zero_grad()
+        loss = self.spec.workload.loss_fn(self.model(x), y)
+        loss.backward()
+        vector = self.flat.push_vector()
+        t1 = time.time()
+        pushes, pulls = self.core.end_step(time.monotonic())
+        push_bytes = 0
+        for p in pushes:
+            block = self.layout.blocks[p.block]
+            payload = vector[block.start : block.stop]
+            self.socks[block.server].send_multipart(
+                encode("push", payload, w=self.id, j=p.block, base=p.base, step=p.step), copy=False)
+            push_bytes += payload.nbytes
+        self.send_pulls(pulls)
+        self.traffic.push_msgs += len(pushes)
+        self.traffic.push_bytes += push_bytes
+        self.step_times.append(t1 - t0)
+        stale = sorted(plan.stale)
+        self.log.write("step", w=self.id, step=plan.step, t=t0, t_end=t1, t_push=time.time(), wait=waited,
+                       loss=float(loss), fresh=len(plan.fresh), stale=stale,
+                       versions=list(plan.versions), push_bytes=push_bytes, push_msgs=len(pushes),
+                       pull_msgs=len(pulls), epoch=self.batches.epoch)
+
+    def send_pulls(self, pulls: list) -> None:
+        for q in pulls:
+            server = self.layout.blocks[q.block].server
+            self.socks[server].send_multipart(encode("pull", w=self.id, j=q.block, want=q.want_gt, clock=q.clock))
+        self.traffic.pull_msgs += len(pulls)
+
+    def drain(self) -> None:
+        """Install every reply that has arrived (only those newer than the local copy)."""
+        for sock in self.socks:
+            while True:
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                self.on_message(frames)
+
+    def on_message(self, frames: list) -> None:
+        try:
+            msg = decode(frames)
+        except BadMessage as exc:
+            self.count_bad(str(exc))
+            return
+        if msg.kind != "block":
+            self.count_bad(f"unexpected '{msg.kind}'")
+            return
+        j, v = msg["j"], msg["v"]
+        if not 0 <= j < self.layout.num_blocks or msg.payload.numel() != self.layout.blocks[j].size:
+            self.count_bad(f"block {j} with {msg.payload.numel()} values does not fit the layout")
+            return
+        self.traffic.reply_msgs += 1
+        self.traffic.reply_bytes += msg.payload.nbytes
+        if self.core.on_block(j, v):
+            self.flat.install(self.layout.blocks[j], msg.payload)
+            self.traffic.installed += 1
+
+    def count_bad(self, reason: str) -> None:
+        self.traffic.bad[reason] = self.traffic.bad.get(reason, 0) + 1
+        self.log.write("reject", w=self.id, reason=reason)
+
+    def publish_progress(self) -> None:
+        if self.store is not None:
+            recent = self.step_times[-20:]
+            store_set_json(self.store, f"progress/worker/{self.id}", {
+                "step": self.core.step, "t": time.time(), "compute": float(np.mean(recent)) if recent else None,
+                "stale": self.core.ignored_replies,
+            })
+
+    def summary(self) -> dict:
+        times = np.array(self.step_times) if self.step_times else np.zeros(1)
+        return {
+            "role": "worker", "id": self.id, "pid": os.getpid(), "steps": self.core.step,
+            "compute_p50": float(np.percentile(times, 50)), "compute_p95": float(np.percentile(times, 95)),
+            "push_msgs": self.traffic.push_msgs, "push_bytes": self.traffic.push_bytes,
+            "pull_msgs": self.traffic.pull_msgs, "reply_msgs": self.traffic.reply_msgs,
+            "reply_bytes": self.traffic.reply_bytes, "installed": self.traffic.installed,
+            "ignored_replies": self.core.ignored_replies, "bad_messages": self.traffic.bad,
+            "peak_rss_bytes": peak_rss_bytes(),
+        }
+
+
+def heartbeat(ctx: zmq.Context, endpoints: list[str], worker: int, interval: float, stop: threading.Event) -> None:
+    """Tell servers this worker is alive while its main thread is busy in a long step."""
+    socks = [connect_dealer(ctx, ep, f"w{worker}.hb".encode()) for ep in endpoints]
+    try:
+        while not stop.wait(interval):
+            for sock in socks:
+                sock.send_multipart(encode("hb", w=worker))
+    finally:
+        for sock in socks:
+            sock.close(linger=0)
+
+
+def run_worker(spec: RoleSpec) -> None:
+    """Entry point of a worker process."""
+    install_stop_handlers()
+    watch_parent(spec.watch_pid)
+    torch.set_num_threads(spec.config.train.threads)
+    worker = Worker(spec)
+    store = connect_store(spec)
+    worker.store = store
+    endpoints = [store.get(f"server/{s}").decode() for s in range(spec.config.cluster.servers)]
+    ctx = zmq.Context()
+    stop = threading.Event()
+    beat = threading.Thread(target=heartbeat, args=(ctx, endpoints, worker.id, spec.config.timeouts.heartbeat_interval, stop),
+                            name="heartbeat", daemon=True)
+    status = "failed"
+    try:
+        worker.connect(ctx, endpoints)
+        beat.start()
+        worker.log.write("start", w=worker.id, blocks=worker.layout.num_blocks, digest=worker.layout.digest)
+        worker.run()
+        status = "done"
+    except KeyboardInterrupt:
+        status = "interrupted"
+    finally:
+        stop.set()
+        for sock in worker.socks:
+            try:
+                sock.send_multipart(encode("bye", w=worker.id), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+        worker.log.write("end", w=worker.id, status=status, steps=worker.core.step)
+        worker.log.close()
+        write_json(spec.path / "procs" / f"{spec.name}.json", {**worker.summary(), "status": status})
+        try:
+            store.set(f"done/worker/{worker.id}", status)
+        except Exception:  # the store may be gone when the whole run is being torn down
+            pass
+        if beat.is_alive():
+            beat.join(timeout=2)
+        for sock in worker.socks:
+            sock.close(linger=200)  # give 'bye' a moment to leave
+        ctx.term()
