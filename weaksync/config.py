@@ -74,6 +74,8 @@ class OptimSection(_Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0)
+    lr_scaling: Literal["linear", "none"] = Field(
+        "linear", description="linear: an update that averaged m of N gradients uses lr × m/N (Goyal et al. 2017)")
     schedule: Literal["constant", "cosine", "step"] = "cosine"
     warmup_steps: int = Field(0, ge=0)
     step_size: int = Field(100, ge=1, description="'step' schedule: steps between decays")
@@ -92,12 +94,15 @@ class TimeoutSection(_Section):
     heartbeat_interval: float = Field(1.0, gt=0, description="seconds between worker heartbeats")
     heartbeat: float = Field(30.0, gt=0, description="a worker silent this long is declared gone")
     connect: float = Field(60.0, gt=0, description="waiting for the store, endpoints and registration")
+    progress: float = Field(120.0, gt=0, description="a worker waiting this long for any fresh block fails the run")
     shutdown: float = Field(10.0, gt=0, description="grace for processes to stop before they are killed")
 
     @model_validator(mode="after")
     def _ordered(self) -> "TimeoutSection":
         if self.heartbeat <= 2 * self.heartbeat_interval:
             raise ValueError("heartbeat must exceed 2 × heartbeat_interval, or live workers are declared gone")
+        if self.progress <= self.heartbeat:
+            raise ValueError("progress must exceed heartbeat, so a departed worker is dropped before peers give up")
         return self
 
 

@@ -21,7 +21,8 @@ class SyncPolicy:
     ssp_slack: with SSP, a worker's pulls are held while it is more than this many steps ahead of the
       slowest live worker (None = no clock bound).
     immediate_pull: servers answer a pull at once even with nothing new (async).
-    wait_for_pull: workers wait for b refreshed blocks (False for async).
+    wait_for_pull: workers wait for b refreshed blocks; False (async): only for the answers to their
+      pulls, which servers send at once with whatever version they hold.
     weighting: "inverse" weights a contribution of staleness s by 1/(1+s); "none" averages plainly.
     """
 

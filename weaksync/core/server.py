@@ -40,10 +40,12 @@ class ServerCore:
     def version(self, block: int) -> int:
         return self.blocks[block].version
 
-    @property
-    def quorum(self) -> int:
-        """k, capped by the live workers so that a departed worker never stalls the rest."""
-        return max(1, min(self.policy.k, len(self.live)))
+    def quorum(self, block: int) -> int:
+        """k, capped by the workers that can still contribute to this round (live ones and those who
+        already did), so a departed worker never stalls the rest and an early finisher never cuts a
+        round short."""
+        state = self.blocks[block]
+        return max(1, min(self.policy.k, len(self.live | state.contributors.keys())))
 
     def next_deadline(self) -> float | None:
         """Earliest time `on_timer` has work to do (a push deadline), or None."""
@@ -70,7 +72,7 @@ class ServerCore:
         state.contributors[worker] = (base, weight, step)
         self.accepted[worker] += 1
         actions: list[ServerAction] = [Accept(worker, block, base, version, weight)]
-        if len(state.contributors) >= self.quorum:
+        if len(state.contributors) >= self.quorum(block):
             actions += self._apply(block, state, by_deadline=False)
         if self.policy.ssp_slack is not None:
             actions += self._advance_clock(worker, step + 1)
@@ -108,7 +110,7 @@ class ServerCore:
         actions: list[ServerAction] = []
         for block, state in self.blocks.items():
             state.parked.pop(worker, None)
-            if state.contributors and len(state.contributors) >= self.quorum:
+            if state.contributors and len(state.contributors) >= self.quorum(block):
                 actions += self._apply(block, state, by_deadline=False)
         if self.policy.ssp_slack is not None:
             actions += self._release_parked()

@@ -59,11 +59,14 @@ class WorkerCore:
 
     def ready(self, now: float) -> bool:
         """May the next step start? After the first full pull: b blocks refreshed since the last step
-        began, or the pull deadline passed with at least one; never waits in async mode."""
+        began, or the pull deadline passed with at least one. In async mode servers answer pulls at once
+        and a step waits only for those answers (which version they carry does not matter)."""
         if not self.initialised or self.plan is not None:
             return False
-        if not self.policy.wait_for_pull or self.step == 0:
+        if self.step == 0:
             return True
+        if not self.policy.wait_for_pull:  # async: the answers, fresh or not, are enough
+            return not self.outstanding
         if len(self.refreshed) >= self.policy.b:
             return True
         deadline = self.deadline()

@@ -14,7 +14,7 @@ from ..core.actions import Accept, Apply
 from ..core.layout import Block, BlockLayout
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
-LRFunction = Callable[[int], float]
+LRFunction = Callable[[int, int], float]  # (worker step, number of contributors) -> lr
 
 
 class BlockStore:
@@ -56,7 +56,7 @@ class BlockStore:
             param, opt = self.params[j], self.optimizers[j]
             param.grad = acc[:n]
             for group in opt.param_groups:
-                group["lr"] = self.lr_at(action.step)
+                group["lr"] = self.lr_at(action.step, len(action.contributors))
             opt.step()
             param.grad = None
         if n < block.size:

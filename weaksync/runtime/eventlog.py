@@ -27,6 +27,10 @@ class EventLog:
             self._file.flush()
             self._last_flush = now
 
+    def flush(self) -> None:
+        self._file.flush()
+        self._last_flush = time.monotonic()
+
     def close(self) -> None:
         if not self._file.closed:
             self._file.close()

@@ -29,7 +29,7 @@ from ..transport.messages import encode
 from ..transport.sockets import connect_dealer
 from .flat import model_layout
 from .resources import write_json
-from .spec import RoleSpec
+from .spec import RoleError, RoleSpec
 
 PRELOAD = ["torch", "sklearn.datasets", "weaksync.runtime.server", "weaksync.runtime.worker", "weaksync.runtime.evaluator",
            "weaksync.training.models", "weaksync.training.data"]
@@ -49,14 +49,14 @@ class RunResult:
 def _entry(spec: RoleSpec) -> None:
     from .evaluator import run_evaluator
     from .server import run_server
-    from .worker import RegistrationError, run_worker
+    from .worker import run_worker
 
     target = {"server": run_server, "worker": run_worker, "evaluator": run_evaluator}[spec.role]
     try:
         target(spec)
     except KeyboardInterrupt:
         os._exit(130)
-    except (RegistrationError, ConfigError) as exc:
+    except (RoleError, ConfigError) as exc:
         _record_error(spec, str(exc))
         os._exit(3)
     except Exception as exc:

@@ -50,7 +50,7 @@ class Server:
         from .blockstore import BlockStore
 
         self.store = BlockStore(self.layout, spec.rank, theta0, optimizer_factory(cfg.optim),
-                                lr_function(cfg.optim, cfg.train.steps))
+                                lr_function(cfg.optim, cfg.train.steps, cfg.cluster.workers))
         self.log = EventLog(spec.path / "events" / f"{spec.name}.jsonl")
         self.bad_messages: Counter[str] = Counter()
         self.last_seen: dict[int, float] = {}
@@ -219,7 +219,8 @@ def run_server(spec: RoleSpec) -> None:
     try:
         store.set(f"server/{spec.rank}", endpoint)
         store.set(f"layout/{spec.rank}", server.layout.digest)
-        server.log.write("start", s=spec.rank, endpoint=endpoint, blocks=sorted(server.store.blocks))
+        server.log.write("start", s=spec.rank, pid=os.getpid(), endpoint=endpoint, blocks=sorted(server.store.blocks))
+        server.log.flush()
         server.serve(sock)
     except KeyboardInterrupt:
         server.log.write("interrupted", s=spec.rank)

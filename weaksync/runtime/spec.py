@@ -18,6 +18,11 @@ from ..config import Config
 from ..training.workload import Workload
 
 
+class RoleError(RuntimeError):
+    """A process cannot go on for a reason it can state in one line (refused, diverged, stalled);
+    the launcher shows that line instead of a traceback."""
+
+
 @dataclass
 class RoleSpec:
     role: str  # "server" | "worker" | "evaluator"

@@ -24,10 +24,10 @@ from .flat import FlatModel, model_layout
 from .resources import peak_rss_bytes, write_json
 from torch.distributed import Store
 
-from .spec import RoleSpec, connect_store, install_stop_handlers, store_set_json, watch_parent
+from .spec import RoleError, RoleSpec, connect_store, install_stop_handlers, store_set_json, watch_parent
 
 
-class RegistrationError(RuntimeError):
+class RegistrationError(RoleError):
     """A server refused this worker (layout mismatch, bad id) or never answered."""
 
 
@@ -98,6 +98,9 @@ class Worker:
             self.drain()
             now = time.monotonic()
             if not self.core.ready(now):
+                if now - wait_from > cfg.timeouts.progress:
+                    raise RoleError(f"worker {self.id} got no fresh block for {cfg.timeouts.progress:.0f}s "
+                                    f"(timeouts.progress) at step {self.core.step}: a server is stuck or unreachable")
                 deadline = self.core.deadline()
                 timeout = 0.5 if deadline is None else max(0.0, min(0.5, deadline - now))
                 poller.poll(int(timeout * 1000) + 1)
@@ -117,6 +120,9 @@ class Worker:
         self.model.train()
         self.flat.zero_grad()
         loss = self.spec.workload.loss_fn(self.model(x), y)
+        if not torch.isfinite(loss):
+            raise RoleError(f"training diverged: loss is {loss.item()} on worker {self.id} at step {plan.step}: "
+                            "lower optim.lr or add optim.warmup_steps")
         loss.backward()
         vector = self.flat.push_vector()
         t1 = time.time()
@@ -134,7 +140,7 @@ class Worker:
         self.step_times.append(t1 - t0)
         stale = sorted(plan.stale)
         self.log.write("step", w=self.id, step=plan.step, t=t0, t_end=t1, t_push=time.time(), wait=waited,
-                       loss=float(loss), fresh=len(plan.fresh), stale=stale,
+                       loss=loss.item(), fresh=len(plan.fresh), stale=stale,
                        versions=list(plan.versions), push_bytes=push_bytes, push_msgs=len(pushes),
                        pull_msgs=len(pulls), epoch=self.batches.epoch)
 
@@ -227,7 +233,8 @@ def run_worker(spec: RoleSpec) -> None:
     try:
         worker.connect(ctx, endpoints)
         beat.start()
-        worker.log.write("start", w=worker.id, blocks=worker.layout.num_blocks, digest=worker.layout.digest)
+        worker.log.write("start", w=worker.id, pid=os.getpid(), blocks=worker.layout.num_blocks, digest=worker.layout.digest)
+        worker.log.flush()
         worker.run()
         status = "done"
     except KeyboardInterrupt:

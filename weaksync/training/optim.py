@@ -24,6 +24,13 @@ def optimizer_factory(cfg: OptimSection):
     return partial(make_optimizer, cfg)
 
 
-def lr_function(cfg: OptimSection, total_steps: int):
-    return partial(lr_at, base_lr=cfg.lr, total_steps=total_steps, schedule=cfg.schedule,
-                   warmup_steps=cfg.warmup_steps, step_size=cfg.step_size, gamma=cfg.gamma)
+def lr_function(cfg: OptimSection, total_steps: int, num_workers: int):
+    """LR of one update: the schedule at the contributors' step, times m/N for an update that averaged
+    m of N workers' gradients under linear scaling (the update stands for m·batch samples, not N·batch)."""
+    return partial(_update_lr, cfg, total_steps, num_workers)
+
+
+def _update_lr(cfg: OptimSection, total_steps: int, num_workers: int, step: int, contributors: int) -> float:
+    lr = lr_at(step, base_lr=cfg.lr, total_steps=total_steps, schedule=cfg.schedule,
+               warmup_steps=cfg.warmup_steps, step_size=cfg.step_size, gamma=cfg.gamma)
+    return lr * contributors / num_workers if cfg.lr_scaling == "linear" else lr

@@ -1,0 +1,68 @@
+"""Shared helpers for the multi-process tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from weaksync.config import Config, load_config
+
+
+def small_config(tmp_path: Path, **overrides: Any) -> Config:
+    """A short digits run writing under tmp_path; overrides are dotted keys."""
+    base = {"run.out_dir": str(tmp_path / "runs"), "train.steps": 160, "train.eval_interval": 0.5,
+            "timeouts.shutdown": 5.0}
+    return load_config(None, {**base, **overrides})
+
+
+def weaksync_cli(*args: str, **kwargs: Any) -> subprocess.Popen:
+    """Start `weaksync ...` in its own session, so a test can signal its whole process group."""
+    return subprocess.Popen([sys.executable, "-m", "weaksync.cli.main", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs)
+
+
+def session_processes(sid: int) -> list[psutil.Process]:
+    """Processes still alive in a session (what a Ctrl-C to that terminal would have reached)."""
+    out = []
+    for p in psutil.process_iter(["pid", "status"]):
+        try:
+            if os.getsid(p.pid) == sid and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
+            continue
+    return out
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+def events(run_dir: Path, name: str) -> list[dict[str, Any]]:
+    path = run_dir / "events" / f"{name}.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return out
+
+
+def only_run_dir(parent: Path) -> Path:
+    dirs = [d for d in parent.iterdir() if d.is_dir()] if parent.exists() else []
+    return dirs[0] if len(dirs) == 1 else Path("/nonexistent")

@@ -1,0 +1,566 @@
+"""In-memory, I/O-free driver of WorkerCore and ServerCore instances for the protocol tests.
+
+Messages travel on FIFO channels, one per (sender, receiver) pair, like one ZeroMQ connection: a
+worker's pushes, pulls and "bye" reach a server in the order they were sent, and a server's replies
+reach a worker in order; the channels themselves interleave at random. A seeded scheduler picks the
+next event among everything that could happen now:
+
+* deliver the head of a non-empty channel,
+* let a ready worker begin a step (and, with ``split_steps``, end it as a separate later event, so
+  replies can arrive while it computes),
+* jump virtual time to one of the pending deadlines (push deadlines of servers, pull deadlines of
+  workers), after which every server's ``on_timer`` runs.
+
+Every event is checked against DESIGN.md §2 as it happens (see ``InvariantViolation``): exact quorum,
+averages over exactly the accepted contributions, no contribution applied twice, staleness bound,
+versions only grow, pulls answered only with something newer, ready() rules of the worker. A run ends
+when every worker did its steps and every channel is empty; if nothing can happen before that,
+``Deadlock`` is raised with the state of every core.
+
+Optional ``Hooks`` let a test attach tensors to the messages (see tests/test_bsp_equivalence.py).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+from weaksync.core import (
+    Accept,
+    Apply,
+    Drop,
+    Send,
+    ServerCore,
+    StepPlan,
+    SyncPolicy,
+    TensorSpec,
+    WorkerCore,
+    build_layout,
+)
+from weaksync.core.actions import DROP_REASONS
+
+
+class Deadlock(AssertionError):
+    """No event can happen, yet some worker has not finished its steps (or the event budget ran out)."""
+
+
+class InvariantViolation(AssertionError):
+    """A rule of DESIGN.md §2 was broken by an event; the message holds the recent trace."""
+
+
+# -- messages ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PushMsg:
+    worker: int
+    block: int
+    base: int
+    step: int
+    payload: Any = None
+
+
+@dataclass(frozen=True)
+class PullMsg:
+    worker: int
+    block: int
+    want_gt: int
+    clock: int
+
+
+@dataclass(frozen=True)
+class ByeMsg:
+    """The worker's own goodbye, FIFO after its last pushes (clean exit)."""
+
+    worker: int
+
+
+@dataclass(frozen=True)
+class LeaveMsg:
+    """The launcher's / heartbeat's notice that a worker is gone: another connection, so it may overtake
+    the worker's own messages still in flight."""
+
+    worker: int
+
+
+@dataclass(frozen=True)
+class BlockMsg:
+    server: int
+    block: int
+    version: int
+    payload: Any = None
+
+
+Message = PushMsg | PullMsg | ByeMsg | LeaveMsg | BlockMsg
+
+
+# -- records -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Contribution:
+    worker: int
+    base: int
+    weight: float
+    step: int
+
+
+@dataclass(frozen=True)
+class AppliedUpdate:
+    """One Apply as the harness saw it: who performed it, when, how many workers the server had live."""
+
+    server: int
+    action: Apply
+    time: float
+    live: int
+    contributions: tuple[Contribution, ...]
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Worker leaves after completing `after` steps: "bye" (clean, FIFO) or "crash" (silent; a launcher
+    notice reaches each server later, possibly before the worker's in-flight messages)."""
+
+    after: int
+    how: Literal["bye", "crash"] = "bye"
+
+
+class Hooks:
+    """Tensor side of the driver; the default does nothing (pure protocol runs)."""
+
+    def compute(self, worker: int, plan: StepPlan) -> Any:
+        """Called at begin_step: compute the step's gradient on the worker's local θ."""
+        return None
+
+    def push_payload(self, worker: int, block: int, computed: Any) -> Any:
+        return None
+
+    def accept(self, server: int, action: Accept, payload: Any) -> None:
+        pass
+
+    def apply(self, server: int, action: Apply) -> None:
+        pass
+
+    def reply_payload(self, server: int, block: int, version: int) -> Any:
+        return None
+
+    def install(self, worker: int, block: int, payload: Any) -> None:
+        pass
+
+
+def block_owners(num_blocks: int, num_servers: int, elements_per_block: int = 7) -> list[int]:
+    """Server of each block, from the real layout of a θ of `num_blocks` equal blocks."""
+    spec = TensorSpec("theta", (num_blocks * elements_per_block,), "float32", False)
+    layout = build_layout([spec], num_blocks, num_servers)
+    return [b.server for b in layout.blocks]
+
+
+Node = str  # "w3", "s1", "launcher"
+
+
+class Harness:
+    """Drive N WorkerCores and S ServerCores to completion under a random event order."""
+
+    def __init__(
+        self,
+        policy: SyncPolicy,
+        owners: Sequence[int],
+        steps: int | Sequence[int],
+        *,
+        seed: int = 0,
+        split_steps: bool = True,
+        stops: dict[int, Stop] | None = None,
+        hooks: Hooks | None = None,
+        max_events: int = 200_000,
+        trace_len: int = 40,
+    ) -> None:
+        assert len(owners) == policy.num_blocks
+        self.policy = policy
+        self.owners = list(owners)
+        self.num_servers = max(owners) + 1
+        n = policy.num_workers
+        self.targets = [steps] * n if isinstance(steps, int) else list(steps)
+        self.stops = dict(stops or {})
+        self.rng = random.Random(seed)
+        self.split_steps = split_steps
+        self.hooks = hooks or Hooks()
+        self.max_events = max_events
+        self.now = 0.0
+        self.events = 0
+        self.trace: deque[str] = deque(maxlen=trace_len)
+
+        self.servers = [
+            ServerCore(policy, [j for j, s in enumerate(owners) if s == srv]) for srv in range(self.num_servers)
+        ]
+        self.workers = [WorkerCore(w, policy) for w in range(n)]
+        self.channels: dict[tuple[Node, Node], deque[Message]] = {}
+        for w in range(n):
+            for s in range(self.num_servers):
+                self.channels[(f"w{w}", f"s{s}")] = deque()
+                self.channels[(f"s{s}", f"w{w}")] = deque()
+        for s in range(self.num_servers):
+            self.channels[("launcher", f"s{s}")] = deque()
+
+        # what the harness expects the cores to be doing
+        self.version = [0] * policy.num_blocks  # per block, as announced by Apply
+        self.rounds: list[list[Contribution]] = [[] for _ in range(policy.num_blocks)]
+        self.round_opened: list[float | None] = [None] * policy.num_blocks
+        self.pending_pulls: dict[tuple[int, int], int] = {}  # (worker, block) -> want_gt, at the server
+        self.applied: set[tuple[int, int, int]] = set()  # (worker, block, step)
+        self.computed: dict[int, Any] = {}
+        self.departed: set[int] = set()  # workers that stopped (target reached, bye or crash)
+        self.crashed: set[int] = set()
+        self.left: list[set[int]] = [set() for _ in range(self.num_servers)]  # as told to each server
+
+        # what happened, for the tests' own checks
+        self.updates: list[AppliedUpdate] = []
+        self.accepts: list[tuple[int, Accept]] = []
+        self.drops: Counter[str] = Counter()
+        self.plans: list[list[StepPlan]] = [[] for _ in range(n)]
+        self.sends = 0
+        self.ignored_replies = 0
+
+        for w, core in enumerate(self.workers):
+            self._send_pulls(w, core.start(self.now))
+            if self.stops.get(w, Stop(-1)).after == 0:
+                self._stop(w)
+
+    # -- public --------------------------------------------------------------------------------------
+
+    def run(self) -> "Harness":
+        """Play events until every worker finished and every channel drained; returns self."""
+        while True:
+            enabled = self._enabled()
+            if not enabled:
+                if all(self._finished(w) for w in range(len(self.workers))):
+                    break
+                raise Deadlock(f"no event can happen at t={self.now}\n{self.describe()}")
+            if self.events >= self.max_events:
+                raise Deadlock(f"no end after {self.events} events (livelock?)\n{self.describe()}")
+            self.events += 1
+            self._do(self.rng.choice(enabled))
+        self._final_checks()
+        return self
+
+    def completed(self, worker: int) -> int:
+        return self.workers[worker].step
+
+    def describe(self) -> str:
+        """State of every core and the recent trace, for failure messages."""
+        lines = [f"policy={self.policy}"]
+        for w, c in enumerate(self.workers):
+            lines.append(
+                f"  w{w}: step={c.step}/{self.targets[w]} departed={w in self.departed} versions={c.versions} "
+                f"refreshed={sorted(c.refreshed)} outstanding={sorted(c.outstanding)} "
+                f"computing={c.plan is not None} deadline={c.deadline()}"
+            )
+        for s, core in enumerate(self.servers):
+            for j, st in core.blocks.items():
+                lines.append(
+                    f"  s{s} block {j}: v={st.version} contributors={st.contributors} parked={st.parked} "
+                    f"deadline={st.round_deadline}"
+                )
+            lines.append(f"  s{s}: live={sorted(core.live)} clocks={core.clocks} drops={dict(core.drops)}")
+        busy = {f"{a}->{b}": len(q) for (a, b), q in self.channels.items() if q}
+        lines.append(f"  channels: {busy}")
+        lines.append("  trace (oldest first):")
+        lines += [f"    {t}" for t in self.trace]
+        return "\n".join(lines)
+
+    # -- scheduling ----------------------------------------------------------------------------------
+
+    def _finished(self, worker: int) -> bool:
+        return worker in self.departed
+
+    def _enabled(self) -> list[tuple]:
+        events: list[tuple] = [("deliver", key) for key, q in self.channels.items() if q]
+        for w, core in enumerate(self.workers):
+            if w in self.departed:
+                continue
+            if core.plan is not None:
+                events.append(("end", w))
+            elif core.ready(self.now):
+                events.append(("begin", w))
+        if self._future_deadlines():
+            events.append(("tick",))
+        return events
+
+    def _future_deadlines(self) -> list[float]:
+        times = [d for core in self.servers if (d := core.next_deadline()) is not None and d > self.now]
+        for w, core in enumerate(self.workers):
+            if w in self.departed or core.plan is not None or core.ready(self.now):
+                continue
+            d = core.deadline()
+            if d is not None and d > self.now:
+                times.append(d)
+        return sorted(set(times))
+
+    def _do(self, event: tuple) -> None:
+        kind = event[0]
+        if kind == "deliver":
+            src, dst = event[1]
+            msg = self.channels[event[1]].popleft()
+            self.trace.append(f"t={self.now:g} {src}->{dst} {msg}")
+            if dst.startswith("s"):
+                self._at_server(int(dst[1:]), msg)
+            else:
+                self._at_worker(int(dst[1:]), msg)
+        elif kind == "begin":
+            self._begin(event[1])
+            if not self.split_steps:
+                self._end(event[1])
+        elif kind == "end":
+            self._end(event[1])
+        else:
+            self.now = self.rng.choice(self._future_deadlines())
+            self.trace.append(f"t={self.now:g} tick")
+            for s, core in enumerate(self.servers):
+                self._server_actions(s, core.on_timer(self.now))
+                self._check_server_state(s)
+
+    def _fail(self, what: str) -> None:
+        raise InvariantViolation(f"{what}\n{self.describe()}")
+
+    def _check(self, cond: bool, what: str) -> None:
+        if not cond:
+            self._fail(what)
+
+    # -- workers -------------------------------------------------------------------------------------
+
+    def _send_pulls(self, w: int, pulls: list) -> None:
+        for q in pulls:
+            self.channels[(f"w{w}", f"s{self.owners[q.block]}")].append(PullMsg(w, q.block, q.want_gt, q.clock))
+
+    def _at_worker(self, w: int, msg: Message) -> None:
+        assert isinstance(msg, BlockMsg)
+        if w in self.departed:
+            return  # the process is gone: the reply is lost
+        core = self.workers[w]
+        before = core.versions[msg.block]
+        self._check(msg.block in core.outstanding, f"w{w} got block {msg.block} it had not asked for")
+        fresh = core.on_block(msg.block, msg.version)
+        self._check(fresh == (msg.version > before), f"w{w} on_block({msg.block}, v{msg.version}) over v{before} -> {fresh}")
+        self._check(core.versions[msg.block] == max(before, msg.version), f"w{w} local version of {msg.block} went back")
+        self._check(msg.block not in core.outstanding, f"w{w} still waits for {msg.block} after its reply")
+        if fresh:
+            self.hooks.install(w, msg.block, msg.payload)
+        else:
+            self.ignored_replies += 1
+
+    def _begin(self, w: int) -> None:
+        core, p = self.workers[w], self.policy
+        versions, refreshed, deadline = tuple(core.versions), frozenset(core.refreshed), core.deadline()
+        plan = core.begin_step(self.now)
+        self.trace.append(f"t={self.now:g} w{w} begin step {plan.step} versions={plan.versions} fresh={sorted(plan.fresh)}")
+        self._check(plan.step == len(self.plans[w]), f"w{w} plan step {plan.step} after {len(self.plans[w])} plans")
+        self._check(plan.versions == versions and plan.fresh == refreshed, f"w{w} plan {plan} is not its local state")
+        self._check(min(versions) >= 0, f"w{w} computed before its first full pull")
+        if p.wait_for_pull and plan.step > 0:
+            by_deadline = deadline is not None and self.now >= deadline and len(refreshed) >= 1
+            self._check(len(refreshed) >= p.b or by_deadline,
+                        f"w{w} began step {plan.step} with {len(refreshed)} < b={p.b} fresh blocks, before its deadline")
+        if p.ssp_slack is not None and p.b == p.num_blocks and p.pull_deadline is None and p.wait_for_pull:
+            # a reply that arrives mid-step counts for the next step but answers a pull sent one clock
+            # earlier, so an interleaved (threaded) driver may run one step further ahead
+            slack = p.ssp_slack + (1 if self.split_steps else 0)
+            for other, oc in enumerate(self.workers):
+                if other not in self.departed:
+                    self._check(oc.step >= plan.step - slack,
+                                f"SSP: w{w} began step {plan.step} while w{other} completed only {oc.step} "
+                                f"(slack {p.ssp_slack})")
+        self.computed[w] = self.hooks.compute(w, plan)
+        self.plans[w].append(plan)
+
+    def _end(self, w: int) -> None:
+        core = self.workers[w]
+        plan = core.plan
+        assert plan is not None
+        outstanding = set(core.outstanding)
+        pushes, pulls = core.end_step(self.now)
+        self.trace.append(f"t={self.now:g} w{w} end step {plan.step}")
+        self._check([(q.block, q.base, q.step) for q in pushes]
+                    == [(j, plan.versions[j], plan.step) for j in range(self.policy.num_blocks)],
+                    f"w{w} pushes {pushes} do not match its plan {plan}")
+        self._check(sorted(q.block for q in pulls) == sorted(set(range(self.policy.num_blocks)) - outstanding),
+                    f"w{w} pulls {pulls} with {sorted(outstanding)} outstanding")
+        self._check(all(q.want_gt == core.versions[q.block] and q.clock == core.step for q in pulls),
+                    f"w{w} pulls {pulls} do not ask for newer than its versions {core.versions}")
+        computed = self.computed.pop(w)
+        for q in pushes:
+            payload = self.hooks.push_payload(w, q.block, computed)
+            self.channels[(f"w{w}", f"s{self.owners[q.block]}")].append(PushMsg(w, q.block, q.base, q.step, payload))
+        self._send_pulls(w, pulls)
+        stop = self.stops.get(w)
+        if core.step >= self.targets[w] or (stop is not None and core.step >= stop.after):
+            self._stop(w)
+
+    def _stop(self, w: int) -> None:
+        """The worker exits: clean bye on its own connections, or a crash noticed later by the launcher."""
+        self.departed.add(w)
+        stop = self.stops.get(w)
+        crash = stop is not None and stop.how == "crash" and self.workers[w].step >= stop.after
+        for s in range(self.num_servers):
+            if crash:
+                self.channels[("launcher", f"s{s}")].append(LeaveMsg(w))
+            else:
+                self.channels[(f"w{w}", f"s{s}")].append(ByeMsg(w))
+        if crash:
+            self.crashed.add(w)
+        self.trace.append(f"t={self.now:g} w{w} {'crashes' if crash else 'says bye'} after {self.workers[w].step} steps")
+
+    # -- servers -------------------------------------------------------------------------------------
+
+    def _at_server(self, s: int, msg: Message) -> None:
+        core = self.servers[s]
+        if isinstance(msg, PushMsg):
+            actions = core.on_push(msg.worker, msg.block, msg.base, msg.step, self.now)
+            self._server_actions(s, actions, push=msg)
+        elif isinstance(msg, PullMsg):
+            key = (msg.worker, msg.block)
+            self._check(key not in self.pending_pulls, f"w{msg.worker} pulled block {msg.block} twice")
+            self.pending_pulls[key] = msg.want_gt
+            version = core.version(msg.block)
+            actions = core.on_pull(msg.worker, msg.block, msg.want_gt, msg.clock, self.now)
+            sent = [a for a in actions if isinstance(a, Send) and (a.worker, a.block) == key]
+            p = self.policy
+            if p.ssp_slack is None and msg.worker in core.live:
+                should = p.immediate_pull or version > msg.want_gt
+                self._check(bool(sent) == should, f"s{s} pull {msg} at v{version}: answered={bool(sent)}")
+            self._server_actions(s, actions)
+        else:
+            assert isinstance(msg, (ByeMsg, LeaveMsg))
+            self.left[s].add(msg.worker)
+            self._server_actions(s, core.worker_left(msg.worker))
+            self._check(msg.worker not in core.live, f"s{s} still counts w{msg.worker} live after it left")
+            for j in core.blocks:
+                self.pending_pulls.pop((msg.worker, j), None)
+        self._check_server_state(s)
+
+    def _server_actions(self, s: int, actions: list, push: PushMsg | None = None) -> None:
+        p = self.policy
+        for a in actions:
+            if isinstance(a, Accept):
+                self._on_accept(s, a, push)
+            elif isinstance(a, Apply):
+                self._on_apply(s, a)
+            elif isinstance(a, Send):
+                want = self.pending_pulls.pop((a.worker, a.block), None)
+                self._check(want is not None or a.worker in self.departed,
+                            f"s{s} sent block {a.block} to w{a.worker}, which has no pull pending")
+                self._check(a.version == self.version[a.block], f"s{s} sent v{a.version} of block {a.block}, "
+                            f"which is at v{self.version[a.block]}")
+                self._check(want is None or p.immediate_pull or a.version > want,
+                            f"s{s} answered a pull for > v{want} with v{a.version}")
+                self.sends += 1
+                payload = self.hooks.reply_payload(s, a.block, a.version)
+                self.channels[(f"s{s}", f"w{a.worker}")].append(BlockMsg(s, a.block, a.version, payload))
+            elif isinstance(a, Drop):
+                self._on_drop(s, a, push)
+            else:
+                self._fail(f"s{s} returned an unknown action {a!r}")
+
+    def _on_accept(self, s: int, a: Accept, push: PushMsg | None) -> None:
+        p = self.policy
+        self._check(push is not None and (a.worker, a.block, a.base) == (push.worker, push.block, push.base),
+                    f"s{s} accepted {a} for message {push}")
+        assert push is not None
+        v = self.version[a.block]
+        self._check(a.version == v, f"s{s} accepted {a} while the block is at v{v}")
+        self._check(a.base <= v and (p.tau is None or v - a.base <= p.tau), f"s{s} accepted {a} beyond tau={p.tau}")
+        weight = 1.0 / (1 + v - a.base) if p.weighting == "inverse" else 1.0
+        self._check(a.weight == weight, f"s{s} accepted {a} with weight {a.weight}, expected {weight}")
+        rnd = self.rounds[a.block]
+        self._check(all(c.worker != a.worker for c in rnd), f"s{s} accepted w{a.worker} twice for v{v} of {a.block}")
+        self._check(a.worker in self.servers[s].live, f"s{s} accepted {a} from a worker it knows left")
+        if not rnd:
+            self.round_opened[a.block] = self.now
+        rnd.append(Contribution(a.worker, a.base, a.weight, push.step))
+        self.accepts.append((s, a))
+        self.hooks.accept(s, a, push.payload)
+
+    def _on_apply(self, s: int, a: Apply) -> None:
+        p, core = self.policy, self.servers[s]
+        rnd = self.rounds[a.block]
+        self._check(a.version == self.version[a.block] + 1, f"s{s} {a} does not follow v{self.version[a.block]}")
+        self._check(a.contributors == tuple((c.worker, c.base, c.weight) for c in rnd),
+                    f"s{s} {a} does not average exactly the accepted contributions {rnd}")
+        self._check(len({c.worker for c in rnd}) == len(rnd), f"s{s} {a} has a worker twice")
+        self._check(len(rnd) >= 1, f"s{s} applied {a} with no contribution")
+        self._check(a.step == max(c.step for c in rnd), f"s{s} {a}: step is not the largest contributor step")
+        for c in rnd:
+            key = (c.worker, a.block, c.step)
+            self._check(key not in self.applied, f"s{s} {a} applies w{c.worker}'s step {c.step} a second time")
+            self.applied.add(key)
+            self._check(p.tau is None or a.version - 1 - c.base <= p.tau, f"s{s} {a} holds a too stale contribution")
+        # k, capped by the workers that can still contribute to this round: the live ones and those who
+        # already did (a departed worker never stalls the rest, an early finisher never cuts a round short)
+        can_contribute = (set(range(p.num_workers)) - self.left[s]) | {c.worker for c in rnd}
+        quorum = max(1, min(p.k, len(can_contribute)))
+        if a.by_deadline:
+            opened = self.round_opened[a.block]
+            self._check(p.push_deadline is not None and opened is not None and self.now >= opened + p.push_deadline,
+                        f"s{s} {a} by deadline before the deadline (round opened at {opened}, now {self.now})")
+        else:
+            self._check(len(rnd) == quorum, f"s{s} {a}: {len(rnd)} contributions, quorum is {quorum}")
+        self.updates.append(AppliedUpdate(s, a, self.now, len(core.live), tuple(rnd)))
+        del core
+        self.version[a.block] = a.version
+        self.rounds[a.block] = []
+        self.round_opened[a.block] = None
+        self.hooks.apply(s, a)
+
+    def _on_drop(self, s: int, a: Drop, push: PushMsg | None) -> None:
+        p = self.policy
+        self._check(a.reason in DROP_REASONS, f"s{s} dropped with unknown reason {a}")
+        self.drops[a.reason] += 1
+        v = self.version[a.block]
+        if a.reason == "stale":
+            self._check(push is not None and p.tau is not None and v - push.base > p.tau, f"s{s} wrongly stale: {a}")
+        elif a.reason == "duplicate":
+            self._check(push is not None and any(c.worker == a.worker for c in self.rounds[a.block]),
+                        f"s{s} wrongly duplicate: {a}")
+        elif a.reason == "left":
+            self._check(a.worker in self.crashed, f"s{s} dropped {a}, but the worker's bye comes after its pushes")
+        else:
+            self._fail(f"s{s} dropped a well-formed message: {a}")
+
+    def _check_server_state(self, s: int) -> None:
+        core, p = self.servers[s], self.policy
+        live_clocks = [core.clocks[w] for w in core.live]
+        slowest = min(live_clocks) if live_clocks else 0
+        for j, st in core.blocks.items():
+            self._check(st.version == self.version[j], f"s{s} block {j} at v{st.version}, Apply said {self.version[j]}")
+            self._check(len(st.contributors) == len(self.rounds[j]), f"s{s} block {j} holds other contributions")
+            for w, want in st.parked.items():
+                held_by_ssp = p.ssp_slack is not None and core.clocks[w] - slowest > p.ssp_slack
+                self._check(held_by_ssp or (want >= st.version and not p.immediate_pull),
+                            f"s{s} keeps w{w}'s pull for block {j} > v{want} parked at v{st.version}")
+
+    def _final_checks(self) -> None:
+        for w, core in enumerate(self.workers):
+            stop = self.stops.get(w)
+            expected = min(self.targets[w], stop.after) if stop is not None else self.targets[w]
+            self._check(core.step == expected, f"w{w} completed {core.step} steps, expected {expected}")
+        self._check(not any(self.channels.values()), "messages left in flight")
+        per_block = Counter(u.action.block for u in self.updates)
+        for j, v in enumerate(self.version):
+            self._check(per_block[j] == v, f"block {j}: {per_block[j]} updates for version {v}")
+
+
+@dataclass
+class Scenario:
+    """Everything a property test draws: the policy, the cluster, the stops and the event-order seed."""
+
+    policy: SyncPolicy
+    num_servers: int
+    steps: int
+    seed: int
+    split_steps: bool = True
+    stops: dict[int, Stop] = field(default_factory=dict)
+
+    def run(self, hooks: Hooks | None = None) -> Harness:
+        owners = block_owners(self.policy.num_blocks, self.num_servers)
+        return Harness(self.policy, owners, self.steps, seed=self.seed, split_steps=self.split_steps,
+                       stops=self.stops, hooks=hooks).run()

@@ -1,0 +1,138 @@
+"""torchrun entry: roles from ranks, endpoints through the launch's TCPStore, same processes as embedded.
+
+One launch for everything (roles from the global rank: servers first, then workers):
+    torchrun --standalone --nproc-per-node 6 -m weaksync.runtime.torchrun --config run.yaml
+Two launches, so that a failed worker never restarts the servers (torchrun restarts a whole launch):
+    torchrun ... -m weaksync.runtime.torchrun --role server --store HOST:PORT --run-id ID --config run.yaml
+    torchrun ... -m weaksync.runtime.torchrun --role worker --store HOST:PORT --run-id ID --config run.yaml
+Server 0 also runs the evaluator and writes summary.json when the run ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from torch.distributed import TCPStore
+
+from ..config import Config, ConfigError, dump_config, load_config
+from .resources import write_json
+from .spec import RoleSpec
+
+
+def _env_int(name: str) -> int:
+    value = os.environ.get(name)
+    if value is None or not value.isdigit():
+        raise ConfigError(f"environment variable {name} is missing: start this module with torchrun")
+    return int(value)
+
+
+def assign_role(role: str, rank: int, world: int, config: Config) -> tuple[str, int]:
+    """(role, id within the role) for a global rank of this launch."""
+    servers, workers = config.cluster.servers, config.cluster.workers
+    if role == "auto":
+        if world != servers + workers:
+            raise ConfigError(f"torchrun started {world} processes but cluster.servers + cluster.workers = "
+                              f"{servers + workers}: set --nproc-per-node × --nnodes to their sum")
+        return ("server", rank) if rank < servers else ("worker", rank - servers)
+    limit = servers if role == "server" else workers
+    if world != limit:
+        raise ConfigError(f"--role {role} launch has {world} processes but cluster.{role}s = {limit}: make them equal")
+    return role, rank
+
+
+def store_address(args: argparse.Namespace, role: str, rank: int, timeout: float) -> tuple[str, int, Any]:
+    """Where the run meets: --store HOST:PORT (hosted by server 0) or the launch's own store."""
+    if args.store:
+        host, _, port = args.store.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"--store '{args.store}' must be HOST:PORT")
+        keep = None
+        if role == "server" and rank == 0:
+            keep = TCPStore(host if host not in ("localhost",) else "127.0.0.1", int(port), is_master=True,
+                            wait_for_workers=False, timeout=timedelta(seconds=timeout))
+        return host, int(port), keep
+    host, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), _env_int("MASTER_PORT")
+    keep = None
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" and _env_int("RANK") == 0:
+        keep = TCPStore(host, port, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=timeout))
+    return host, port, keep
+
+
+def _evaluator_entry(spec: RoleSpec) -> None:
+    from .evaluator import run_evaluator
+
+    run_evaluator(spec)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="weaksync.runtime.torchrun", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", "-c", help="YAML config (same as weaksync train)")
+    parser.add_argument("--role", choices=("auto", "server", "worker"), default="auto")
+    parser.add_argument("--store", help="HOST:PORT of the run's store when servers and workers are separate launches")
+    parser.add_argument("--run-id", help="run directory name and store prefix (default: TORCHELASTIC_RUN_ID)")
+    parser.add_argument("--set", action="append", default=[], help="section.field=value")
+    args = parser.parse_args(argv)
+    try:
+        from ..cli.main import _set_pairs
+
+        config = load_config(args.config, _set_pairs(args.set))
+        rank, world = _env_int("RANK"), _env_int("WORLD_SIZE")
+        role, rid = assign_role(args.role, rank, world, config)
+        host, port, keep_store = store_address(args, role, rid, config.timeouts.connect)
+    except ConfigError as exc:
+        print(f"weaksync: error: {exc}", file=sys.stderr)
+        return 2
+    from .launcher import prepare
+
+    workload, meta = prepare(config, None)
+    run_id = args.run_id or os.environ.get("TORCHELASTIC_RUN_ID") or "torchrun"
+    run_dir = Path(config.run.out_dir) / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = RoleSpec(role, rid, config, workload, host, port, run_id, str(run_dir), watch_pid=os.getppid())
+    if role == "worker":
+        from .worker import run_worker
+
+        run_worker(spec)
+        return 0
+    from .server import run_server
+
+    evaluator = None
+    if rid == 0:
+        (run_dir / "config.yaml").write_text(dump_config(config))
+        write_json(run_dir / "meta.json", meta)
+        eval_spec = RoleSpec("evaluator", 0, config, workload, host, port, run_id, str(run_dir), watch_pid=os.getpid())
+        evaluator = mp.get_context("spawn").Process(target=_evaluator_entry, args=(eval_spec,), name="weaksync-evaluator")
+        evaluator.start()
+    try:
+        run_server(spec)
+    finally:
+        if evaluator is not None:
+            evaluator.join(config.timeouts.shutdown)
+            if evaluator.is_alive():
+                evaluator.kill()
+    if rid == 0:
+        _write_summary(run_dir, config)
+    del keep_store
+    return 0
+
+
+def _write_summary(run_dir: Path, config: Config) -> None:
+    """Wait (bounded) for every process's figures, then summarise the run."""
+    from ..report.summary import build_summary
+
+    expected = config.cluster.servers + config.cluster.workers
+    deadline = time.monotonic() + config.timeouts.shutdown
+    while len(list((run_dir / "procs").glob("*.json"))) < expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+    build_summary(run_dir, config.train.target_accuracy)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
