@@ -505,7 +505,6 @@ class Harness:
         else:
             self._check(len(rnd) == quorum, f"s{s} {a}: {len(rnd)} contributions, quorum is {quorum}")
         self.updates.append(AppliedUpdate(s, a, self.now, len(core.live), tuple(rnd)))
-        del core
         self.version[a.block] = a.version
         self.rounds[a.block] = []
         self.round_opened[a.block] = None

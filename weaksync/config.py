@@ -11,7 +11,7 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .core.policy import MODES, SyncPolicy, make_policy
+from .core.policy import MODES, SyncPolicy, make_policy, resolve_count
 
 Count = Union[int, float]
 
@@ -129,7 +129,7 @@ class Config(_Section):
                 ssp_slack=s.ssp_slack, weighting=s.weighting,
             )
         except ValueError as exc:
-            raise ConfigError(f"sync: {exc}") from None
+            raise ConfigError(f"sync.{exc}") from None
 
     def check(self) -> "Config":
         """Cross-field checks that need no model: counts against workers and servers."""
@@ -138,6 +138,12 @@ class Config(_Section):
             raise ConfigError(f"cluster.blocks={c.blocks} is below cluster.servers={c.servers}: every server needs a block")
         if isinstance(s.k, int) and s.k > c.workers:
             raise ConfigError(f"sync.k={s.k} exceeds cluster.workers={c.workers}: use k <= workers or a fraction")
+        for name, value, total in (("k", s.k, c.workers), ("b", s.b, c.blocks or 1)):
+            if isinstance(value, float) or name == "k" and value is not None:
+                try:
+                    resolve_count(value, total, name)
+                except ValueError as exc:
+                    raise ConfigError(f"sync.{exc}") from None
         if s.mode in ("backup", "partial") and s.k is None and s.backups >= c.workers:
             raise ConfigError(f"sync.backups={s.backups} leaves no worker to wait for: use backups < workers={c.workers}")
         if c.blocks is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -14,7 +15,7 @@ from .progress import LiveProgress, print_summary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="weaksync: a straggler-tolerant parameter server for PyTorch.")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one error, one line, whatever the width
 
 
 def _count(value: Optional[str], name: str) -> int | float | None:
@@ -98,11 +99,16 @@ def summarize(run_dir: Path = typer.Argument(..., help="a run directory"),
     print_summary(Console(), run_dir, build_summary(run_dir, target))
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Console entry: bad input and failed runs end with one line on stderr and a non-zero exit."""
     from ..runtime.launcher import RunFailed
     from ..training.data import DataError
 
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the run as cleanly as Ctrl-C does
     try:
         app(standalone_mode=False)
     except (ConfigError, DataError) as exc:
@@ -116,16 +122,16 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
-        raise
-
+    except typer.Abort:
+        err.print("weaksync: interrupted")
+        sys.exit(130)
+    except Exception as exc:
+        if not hasattr(exc, "format_message"):  # a usage error of typer's (vendored) click carries it
+            raise
+        ctx = getattr(exc, "ctx", None)
+        command = f" {ctx.info_name}" if ctx is not None and ctx.parent is not None else ""
+        err.print(f"[red]weaksync: error:[/red] {exc.format_message()} (see weaksync{command} --help)", highlight=False)
+        sys.exit(2)
 
 if __name__ == "__main__":
     main()
