@@ -107,6 +107,9 @@ class Server:
                 self.reject(identity, f"'{kind}' claims worker {worker} from identity {identity!r}")
                 return
             self.last_seen[worker] = now
+            if kind in ("push", "pull") and worker not in self.registered:
+                self.reject(identity, f"'{kind}' from worker {worker} before it registered (hello)")
+                return
         if kind == "push":
             self.push_msgs += 1
             self.push_bytes += msg.payload.nbytes if msg.payload is not None else 0

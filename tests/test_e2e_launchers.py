@@ -1,0 +1,43 @@
+"""The other ways in: torchrun on one host, and the Python API with a user's own model and data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_torchrun_one_launch_trains(tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(f"cluster: {{workers: 3, servers: 1}}\ntrain: {{steps: 120, eval_interval: 0.5}}\n"
+                      f"run: {{out_dir: '{tmp_path / 'runs'}'}}\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node", "4",
+           "--max-restarts", "0", "-m", "weaksync.runtime.torchrun", "--config", str(config), "--run-id", "tr"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "runs" / "tr" / "summary.json").read_text())
+    assert summary["worker_status"] == {"0": "done", "1": "done", "2": "done"}
+    assert summary["steps"] == 3 * 120
+    assert summary["final_accuracy"] >= 0.8
+
+
+def test_torchrun_world_size_mismatch_is_one_line(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node", "2",
+           "--max-restarts", "0", "-m", "weaksync.runtime.torchrun", "--set", f"run.out_dir={tmp_path}"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert result.returncode != 0
+    assert "torchrun started 2 processes but cluster.servers + cluster.workers = 6" in result.stderr
+
+
+def test_python_api_example_trains_a_custom_model(tmp_path: Path) -> None:
+    cmd = [sys.executable, str(ROOT / "examples" / "custom_model.py"), "--steps", "150", "--out-dir", str(tmp_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    accuracy = float(result.stdout.split("final accuracy ")[1].split(",")[0])
+    assert accuracy >= 0.9

@@ -1,0 +1,90 @@
+"""The server process's message handling: bad network input is counted and logged, never fatal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgpack
+import pytest
+import torch
+import zmq
+
+from conftest import small_config
+from weaksync.runtime.server import Server
+from weaksync.runtime.spec import RoleSpec
+from weaksync.training.workload import builtin_workload
+from weaksync.transport.messages import decode, encode
+from weaksync.transport.sockets import bind_router, connect_dealer
+
+
+@pytest.fixture()
+def served(tmp_path: Path):
+    cfg = small_config(tmp_path, **{"cluster.servers": 1, "cluster.workers": 2, "sync.mode": "bsp"})
+    workload = builtin_workload("digits-cnn", "digits", None, 0, 100)
+    spec = RoleSpec("server", 0, cfg, workload, "127.0.0.1", 0, "test", str(tmp_path))
+    server = Server(spec)
+    ctx = zmq.Context()
+    router, endpoint = bind_router(ctx, "127.0.0.1")
+    dealers = {name: connect_dealer(ctx, endpoint, name) for name in (b"w0", b"w1", b"w9", b"evaluator")}
+
+    def exchange(name: bytes, frames: list, expect_reply: bool = False):
+        dealers[name].send_multipart(frames, copy=False)
+        server.handle(router, router.recv_multipart(copy=False))
+        if expect_reply:
+            assert dealers[name].poll(2000), "no reply"
+            return decode(dealers[name].recv_multipart(copy=False))
+        assert not dealers[name].poll(50), "unexpected reply"
+        return None
+
+    for name, worker in ((b"w0", 0), (b"w1", 1)):
+        assert exchange(name, encode("hello", w=worker, digest=server.layout.digest, pid=1), True).kind == "welcome"
+    yield server, exchange
+    for sock in (router, *dealers.values()):
+        sock.close(0)
+    ctx.term()
+
+
+def test_registration_checks_the_layout(served) -> None:
+    server, exchange = served
+    refused = exchange(b"w0", encode("hello", w=0, digest="0" * 16, pid=1), expect_reply=True)
+    assert refused.kind == "refuse" and "layout mismatch" in refused["reason"]
+    welcome = exchange(b"w0", encode("hello", w=0, digest=server.layout.digest, pid=1), expect_reply=True)
+    assert welcome.kind == "welcome"
+    out_of_range = exchange(b"w9", encode("hello", w=9, digest=server.layout.digest, pid=1), expect_reply=True)
+    assert out_of_range.kind == "refuse" and "outside 0..1" in out_of_range["reason"]
+
+
+def test_bad_messages_are_counted_and_the_server_goes_on(served) -> None:
+    server, exchange = served
+    size = server.layout.blocks[0].size
+    exchange(b"w9", encode("pull", w=9, j=0, want=-1, clock=0))  # never registered
+    exchange(b"w0", [b"\xc1 not msgpack"])
+    exchange(b"w0", [msgpack.packb({"k": "dance"})])
+    exchange(b"w1", encode("push", torch.zeros(size), w=0, j=0, base=0, step=0))  # claims another worker
+    exchange(b"w0", encode("push", torch.zeros(size + 1), w=0, j=0, base=0, step=0))  # wrong size
+    exchange(b"w0", encode("push", torch.full((size,), float("nan")), w=0, j=0, base=0, step=0))
+    exchange(b"w0", encode("push", torch.zeros(size), w=0, j=0, base=5, step=0))  # future version
+    exchange(b"w0", encode("push", torch.zeros(size), w=0, j=99, base=0, step=0))  # unknown block
+    exchange(b"w0", encode("stop"))  # only the launcher/evaluator may stop a server
+    assert not server.stop_requested
+    assert sum(server.bad_messages.values()) == 5
+    assert server.core.drops == {"malformed": 2, "future": 1, "unknown-block": 1}
+    assert all(server.core.version(j) == 0 for j in server.store.blocks)
+    log = (Path(server.spec.run_dir) / "events" / "server-0.jsonl")
+    server.log.flush()
+    assert log.read_text().count('"reject"') == 5
+
+
+def test_bsp_round_updates_and_answers_parked_pulls(served) -> None:
+    server, exchange = served
+    block = server.layout.blocks[0]
+    assert exchange(b"w0", encode("pull", w=0, j=0, want=-1, clock=0), expect_reply=True)["v"] == 0
+    exchange(b"w0", encode("pull", w=0, j=0, want=0, clock=1))  # parked: nothing newer yet
+    exchange(b"w0", encode("push", torch.ones(block.size), w=0, j=0, base=0, step=0))
+    before = server.store.snapshot(0).clone()
+    reply = exchange(b"w1", encode("push", torch.ones(block.size), w=1, j=0, base=0, step=0))
+    assert reply is None and server.core.version(0) == 1
+    assert not torch.equal(server.store.snapshot(0), before), "the optimizer did not step"
+    # the parked pull of worker 0 was answered with version 1 on w0's socket
+    peek = exchange(b"evaluator", encode("peek", j=0), expect_reply=True)
+    assert peek["v"] == 1 and torch.equal(peek.payload, server.store.snapshot(0))
