@@ -46,9 +46,17 @@ def main() -> None:
     parser.add_argument("--out-dir", default="runs")
     args = parser.parse_args()
     result = weaksync.train(
-        make_model, make_data,
-        overrides={"sync.mode": args.mode, "train.steps": args.steps, "run.out_dir": args.out_dir,
-                   "cluster.workers": 3, "cluster.servers": 2, "optim.lr": 0.1, "train.target_accuracy": 0.95},
+        make_model,
+        make_data,
+        overrides={
+            "sync.mode": args.mode,
+            "train.steps": args.steps,
+            "run.out_dir": args.out_dir,
+            "cluster.workers": 3,
+            "cluster.servers": 2,
+            "optim.lr": 0.1,
+            "train.target_accuracy": 0.95,
+        },
     )
     s = result.summary
     print(f"final accuracy {s['final_accuracy']:.3f}, {s['steps_per_s']:.0f} worker steps/s, run in {result.run_dir}")

@@ -18,15 +18,25 @@ from weaksync.config import Config, load_config
 
 def small_config(tmp_path: Path, **overrides: Any) -> Config:
     """A short digits run writing under tmp_path; overrides are dotted keys."""
-    base = {"run.out_dir": str(tmp_path / "runs"), "train.steps": 160, "train.eval_interval": 0.5,
-            "timeouts.shutdown": 5.0}
+    base = {
+        "run.out_dir": str(tmp_path / "runs"),
+        "train.steps": 160,
+        "train.eval_interval": 0.5,
+        "timeouts.shutdown": 5.0,
+    }
     return load_config(None, {**base, **overrides})
 
 
 def weaksync_cli(*args: str, **kwargs: Any) -> subprocess.Popen:
     """Start `weaksync ...` in its own session, so a test can signal its whole process group."""
-    return subprocess.Popen([sys.executable, "-m", "weaksync.cli.main", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "weaksync.cli.main", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        **kwargs,
+    )
 
 
 def session_processes(sid: int) -> list[psutil.Process]:

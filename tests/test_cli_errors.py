@@ -13,27 +13,34 @@ from weaksync.config import ConfigError, load_config
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     out_dir = ["--out-dir", str(tmp_path / "runs")] if args[0] == "train" else []
-    return subprocess.run([sys.executable, "-m", "weaksync.cli.main", *args, *out_dir],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "weaksync.cli.main", *args, *out_dir], capture_output=True, text=True, timeout=120
+    )
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["train", "--k", "9"], "sync.k=9 exceeds cluster.workers=4"),
-    (["train", "--b", "9"], "b=9 must be between 1 and 4"),
-    (["train", "--blocks", "1"], "cluster.blocks=1 is below cluster.servers=2"),
-    (["train", "--model", "vgg"], "model.name: unknown model 'vgg'"),
-    (["train", "--data", "cifar10", "--data-dir", "/no/such/dir"], "cifar10: data directory '/no/such/dir' does not exist"),
-    (["train", "--data", "mnist"], "data.name: unknown dataset 'mnist'"),
-    (["train", "--mode", "fast"], "sync.mode: Input should be"),
-    (["train", "--k", "1.5"], "sync.k"),
-    (["train", "--k", "three"], "--k: 'three' is neither a count"),
-    (["train", "--set", "optim.nesterov=true", "--set", "optim.momentum=0"], "nesterov needs"),
-    (["train", "--set", "sync.bogus=1"], "sync.bogus: unknown field: use one of mode, k, b"),
-    (["train", "--set", "noequals"], "--set 'noequals': write it as section.field=value"),
-    (["train", "--config", "/no/such.yaml"], "config file '/no/such.yaml' does not exist"),
-    (["train", "--set", "timeouts.heartbeat=1"], "heartbeat must exceed"),
-    (["summarize", "/tmp"], "is not a run directory"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["train", "--k", "9"], "sync.k=9 exceeds cluster.workers=4"),
+        (["train", "--b", "9"], "b=9 must be between 1 and 4"),
+        (["train", "--blocks", "1"], "cluster.blocks=1 is below cluster.servers=2"),
+        (["train", "--model", "vgg"], "model.name: unknown model 'vgg'"),
+        (
+            ["train", "--data", "cifar10", "--data-dir", "/no/such/dir"],
+            "cifar10: data directory '/no/such/dir' does not exist",
+        ),
+        (["train", "--data", "mnist"], "data.name: unknown dataset 'mnist'"),
+        (["train", "--mode", "fast"], "sync.mode: Input should be"),
+        (["train", "--k", "1.5"], "sync.k"),
+        (["train", "--k", "three"], "--k: 'three' is neither a count"),
+        (["train", "--set", "optim.nesterov=true", "--set", "optim.momentum=0"], "nesterov needs"),
+        (["train", "--set", "sync.bogus=1"], "sync.bogus: unknown field: use one of mode, k, b"),
+        (["train", "--set", "noequals"], "--set 'noequals': write it as section.field=value"),
+        (["train", "--config", "/no/such.yaml"], "config file '/no/such.yaml' does not exist"),
+        (["train", "--set", "timeouts.heartbeat=1"], "heartbeat must exceed"),
+        (["summarize", "/tmp"], "is not a run directory"),
+    ],
+)
 def test_bad_input_is_one_clear_line(tmp_path: Path, args: list[str], expected: str) -> None:
     result = _cli(tmp_path, *args)
     assert result.returncode == 2, result.stderr

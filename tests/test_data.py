@@ -90,9 +90,7 @@ def test_synthetic_cifar_rejects_tiny_size() -> None:
 # ------------------------------------------------------------------------- CIFAR-10
 
 
-def _write_cifar(
-    root: Path, per_batch: int = 3, meta: bool = True, protocol: int = 2
-) -> dict[str, np.ndarray]:
+def _write_cifar(root: Path, per_batch: int = 3, meta: bool = True, protocol: int = 2) -> dict[str, np.ndarray]:
     """Tiny batches in the exact python-pickle layout of cifar-10-batches-py."""
     root.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -100,16 +98,22 @@ def _write_cifar(
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
         labels = [int(v) for v in rng.integers(0, 10, size=per_batch)]
-        batch = {b"batch_label": name.encode(), b"labels": labels, b"data": data,
-                 b"filenames": [f"{name}_{i}.png".encode() for i in range(per_batch)]}
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": labels,
+            b"data": data,
+            b"filenames": [f"{name}_{i}.png".encode() for i in range(per_batch)],
+        }
         with (root / name).open("wb") as f:
             pickle.dump(batch, f, protocol=protocol)
         written[name] = data
         written[name + "_labels"] = np.asarray(labels)
     if meta:
         with (root / "batches.meta").open("wb") as f:
-            names = [n.encode() for n in ["airplane", "automobile", "bird", "cat", "deer",
-                                          "dog", "frog", "horse", "ship", "truck"]]
+            names = [
+                n.encode()
+                for n in ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+            ]
             pickle.dump({b"label_names": names, b"num_cases_per_batch": per_batch}, f, protocol=2)
     return written
 
@@ -119,9 +123,7 @@ def _normalised(data: np.ndarray) -> torch.Tensor:
     return (x - torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
 
 
-@pytest.mark.parametrize(
-    ("use_parent", "protocol"), [(False, 2), (True, 2), (False, pickle.HIGHEST_PROTOCOL)]
-)
+@pytest.mark.parametrize(("use_parent", "protocol"), [(False, 2), (True, 2), (False, pickle.HIGHEST_PROTOCOL)])
 def test_cifar10_reads_python_batches(tmp_path: Path, use_parent: bool, protocol: int) -> None:
     root = tmp_path / "cifar-10-batches-py"
     written = _write_cifar(root, protocol=protocol)
@@ -225,9 +227,7 @@ def test_imagefolder_missing_val(tmp_path: Path) -> None:
         load_dataset("imagefolder", data_dir=str(tmp_path))
 
 
-def test_imagefolder_without_pillow_says_how_to_install(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_imagefolder_without_pillow_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "PIL", None)
     monkeypatch.setitem(sys.modules, "PIL.Image", None)
     with pytest.raises(DataError, match=r"pip install 'weaksync\[vision\]'.*pip install pillow"):
@@ -296,9 +296,11 @@ def test_batchstream_covers_shard_once_per_epoch(dataset: Dataset) -> None:
 
 def test_batchstream_reshuffles_and_is_reproducible() -> None:
     dataset, shard = _indexed_dataset(), list(range(40))
+
     def draw(seed: int) -> list[list[int]]:
         stream = BatchStream(dataset, shard, batch_size=8, seed=seed)
         return [_rows(next(stream)) for _ in range(15)]
+
     first = draw(3)
     assert first == draw(3)
     assert first != draw(4)

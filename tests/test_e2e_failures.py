@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import events, only_run_dir, session_processes, small_config, wait_for, weaksync_cli
 from torch import nn
 
-from conftest import events, only_run_dir, session_processes, small_config, wait_for, weaksync_cli
 from weaksync.runtime.launcher import RunFailed, run_local
 from weaksync.training.workload import Workload, _builtin_data
 
@@ -27,8 +27,11 @@ def _step_count(run_dir: Path, name: str) -> int:
 
 def _start_and_wait_for_steps(tmp_path: Path, *extra: str):
     proc = weaksync_cli(*LONG_RUN, "--out-dir", str(tmp_path), *extra)
-    wait_for(lambda: proc.poll() is not None or _step_count(only_run_dir(tmp_path), "worker-1") > 0,
-             60, "the first logged worker step")
+    wait_for(
+        lambda: proc.poll() is not None or _step_count(only_run_dir(tmp_path), "worker-1") > 0,
+        60,
+        "the first logged worker step",
+    )
     assert proc.poll() is None, proc.communicate()
     return proc, only_run_dir(tmp_path)
 
@@ -62,8 +65,18 @@ def test_killed_worker_stops_the_run_with_a_clear_message(tmp_path: Path) -> Non
 
 
 def test_killed_worker_with_continue_lets_the_others_finish(tmp_path: Path) -> None:
-    proc = weaksync_cli("train", "--steps", "400", "--quiet", "--out-dir", str(tmp_path),
-                        "--on-worker-failure", "continue", "--mode", "bsp")
+    proc = weaksync_cli(
+        "train",
+        "--steps",
+        "400",
+        "--quiet",
+        "--out-dir",
+        str(tmp_path),
+        "--on-worker-failure",
+        "continue",
+        "--mode",
+        "bsp",
+    )
     run_dir_ready = lambda: _step_count(only_run_dir(tmp_path), "worker-2") > 0  # noqa: E731
     wait_for(lambda: proc.poll() is not None or run_dir_ready(), 60, "the first logged worker step")
     run_dir = only_run_dir(tmp_path)

@@ -15,10 +15,28 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_torchrun_one_launch_trains(tmp_path: Path) -> None:
     config = tmp_path / "run.yaml"
-    config.write_text(f"cluster: {{workers: 3, servers: 1}}\ntrain: {{steps: 120, eval_interval: 0.5}}\n"
-                      f"run: {{out_dir: '{tmp_path / 'runs'}'}}\n")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node", "4",
-           "--max-restarts", "0", "-m", "weaksync.runtime.torchrun", "--config", str(config), "--run-id", "tr"]
+    config.write_text(
+        f"cluster: {{workers: 3, servers: 1}}\ntrain: {{steps: 120, eval_interval: 0.5}}\n"
+        f"run: {{out_dir: '{tmp_path / 'runs'}'}}\n"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        "4",
+        "--max-restarts",
+        "0",
+        "-m",
+        "weaksync.runtime.torchrun",
+        "--config",
+        str(config),
+        "--run-id",
+        "tr",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "runs" / "tr" / "summary.json").read_text())
@@ -28,8 +46,22 @@ def test_torchrun_one_launch_trains(tmp_path: Path) -> None:
 
 
 def test_torchrun_world_size_mismatch_is_one_line(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node", "2",
-           "--max-restarts", "0", "-m", "weaksync.runtime.torchrun", "--set", f"run.out_dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        "2",
+        "--max-restarts",
+        "0",
+        "-m",
+        "weaksync.runtime.torchrun",
+        "--set",
+        f"run.out_dir={tmp_path}",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert result.returncode != 0
     assert "torchrun started 2 processes but cluster.servers + cluster.workers = 6" in result.stderr

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import events, small_config
+
 from weaksync.runtime.launcher import run_local
 
 pytestmark = pytest.mark.e2e

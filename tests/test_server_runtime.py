@@ -8,8 +8,8 @@ import msgpack
 import pytest
 import torch
 import zmq
-
 from conftest import small_config
+
 from weaksync.runtime.server import Server
 from weaksync.runtime.spec import RoleSpec
 from weaksync.training.workload import builtin_workload
@@ -70,7 +70,7 @@ def test_bad_messages_are_counted_and_the_server_goes_on(served) -> None:
     assert sum(server.bad_messages.values()) == 5
     assert server.core.drops == {"malformed": 2, "future": 1, "unknown-block": 1}
     assert all(server.core.version(j) == 0 for j in server.store.blocks)
-    log = (Path(server.spec.run_dir) / "events" / "server-0.jsonl")
+    log = Path(server.spec.run_dir) / "events" / "server-0.jsonl"
     server.log.flush()
     assert log.read_text().count('"reject"') == 5
 

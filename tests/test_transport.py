@@ -51,19 +51,22 @@ def test_unroutable_reply_raises_instead_of_vanishing(pair) -> None:
         router.send_multipart([b"nobody", *encode("stop")])
 
 
-@pytest.mark.parametrize("frames, reason", [
-    ([], "empty message"),
-    ([b"\xc1\xc1"], "not msgpack"),
-    ([msgpack.packb([1, 2])], "must be a map"),
-    ([msgpack.packb({"k": "dance"})], "unknown message kind"),
-    ([msgpack.packb({"k": "pull", "w": 0, "j": 1, "want": 0})], "needs field 'clock'"),
-    ([msgpack.packb({"k": "pull", "w": "0", "j": 1, "want": 0, "clock": 0})], "needs field 'w'"),
-    ([msgpack.packb({"k": "pull", "w": True, "j": 1, "want": 0, "clock": 0})], "needs field 'w'"),
-    ([msgpack.packb({"k": "push", "w": 0, "j": 1, "base": 0, "step": 0})], "has 1 frames, expected 2"),
-    ([msgpack.packb({"k": "push", "w": 0, "j": 1, "base": 0, "step": 0}), b"abc"], "not a whole number"),
-    ([msgpack.packb({"k": "bye", "w": 0}), b"extra"], "has 2 frames, expected 1"),
-    ([b"\x80" * 5000], "exceeds"),
-])
+@pytest.mark.parametrize(
+    "frames, reason",
+    [
+        ([], "empty message"),
+        ([b"\xc1\xc1"], "not msgpack"),
+        ([msgpack.packb([1, 2])], "must be a map"),
+        ([msgpack.packb({"k": "dance"})], "unknown message kind"),
+        ([msgpack.packb({"k": "pull", "w": 0, "j": 1, "want": 0})], "needs field 'clock'"),
+        ([msgpack.packb({"k": "pull", "w": "0", "j": 1, "want": 0, "clock": 0})], "needs field 'w'"),
+        ([msgpack.packb({"k": "pull", "w": True, "j": 1, "want": 0, "clock": 0})], "needs field 'w'"),
+        ([msgpack.packb({"k": "push", "w": 0, "j": 1, "base": 0, "step": 0})], "has 1 frames, expected 2"),
+        ([msgpack.packb({"k": "push", "w": 0, "j": 1, "base": 0, "step": 0}), b"abc"], "not a whole number"),
+        ([msgpack.packb({"k": "bye", "w": 0}), b"extra"], "has 2 frames, expected 1"),
+        ([b"\x80" * 5000], "exceeds"),
+    ],
+)
 def test_malformed_messages_are_rejected_with_a_reason(frames: list[bytes], reason: str) -> None:
     with pytest.raises(BadMessage, match=reason):
         decode(frames)

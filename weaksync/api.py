@@ -35,6 +35,10 @@ def train(
     workload = None
     if model_fn is not None and data_fn is not None:
         workload = Workload(model_fn=model_fn, data_fn=data_fn, loss_fn=loss_fn)
-        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": getattr(model_fn, "__name__", "custom")}),
-                                     "data": cfg.data.model_copy(update={"name": getattr(data_fn, "__name__", "custom")})})
+        cfg = cfg.model_copy(
+            update={
+                "model": cfg.model.model_copy(update={"name": getattr(model_fn, "__name__", "custom")}),
+                "data": cfg.data.model_copy(update={"name": getattr(data_fn, "__name__", "custom")}),
+            }
+        )
     return run_local(cfg, workload, on_progress=on_progress)

@@ -75,14 +75,15 @@ class OptimSection(_Section):
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0)
     lr_scaling: Literal["linear", "none"] = Field(
-        "linear", description="linear: an update that averaged m of N gradients uses lr × m/N (Goyal et al. 2017)")
+        "linear", description="linear: an update that averaged m of N gradients uses lr × m/N (Goyal et al. 2017)"
+    )
     schedule: Literal["constant", "cosine", "step"] = "cosine"
     warmup_steps: int = Field(0, ge=0)
     step_size: int = Field(100, ge=1, description="'step' schedule: steps between decays")
     gamma: float = Field(0.1, gt=0, le=1, description="'step' schedule: decay factor")
 
     @model_validator(mode="after")
-    def _nesterov_needs_momentum(self) -> "OptimSection":
+    def _nesterov_needs_momentum(self) -> OptimSection:
         if self.nesterov and (self.name != "sgd" or self.momentum == 0):
             raise ValueError("nesterov needs optim.name=sgd and momentum > 0")
         return self
@@ -98,7 +99,7 @@ class TimeoutSection(_Section):
     shutdown: float = Field(10.0, gt=0, description="grace for processes to stop before they are killed")
 
     @model_validator(mode="after")
-    def _ordered(self) -> "TimeoutSection":
+    def _ordered(self) -> TimeoutSection:
         if self.heartbeat <= 2 * self.heartbeat_interval:
             raise ValueError("heartbeat must exceed 2 × heartbeat_interval, or live workers are declared gone")
         if self.progress <= self.heartbeat:
@@ -124,18 +125,29 @@ class Config(_Section):
         s = self.sync
         try:
             return make_policy(
-                s.mode, self.cluster.workers, num_blocks, k=s.k, b=s.b, tau=s.tau, backups=s.backups,
-                pull_fraction=s.pull_fraction, push_deadline=s.push_deadline, pull_deadline=s.pull_deadline,
-                ssp_slack=s.ssp_slack, weighting=s.weighting,
+                s.mode,
+                self.cluster.workers,
+                num_blocks,
+                k=s.k,
+                b=s.b,
+                tau=s.tau,
+                backups=s.backups,
+                pull_fraction=s.pull_fraction,
+                push_deadline=s.push_deadline,
+                pull_deadline=s.pull_deadline,
+                ssp_slack=s.ssp_slack,
+                weighting=s.weighting,
             )
         except ValueError as exc:
             raise ConfigError(f"sync.{exc}") from None
 
-    def check(self) -> "Config":
+    def check(self) -> Config:
         """Cross-field checks that need no model: counts against workers and servers."""
         c, s = self.cluster, self.sync
         if c.blocks is not None and c.blocks < c.servers:
-            raise ConfigError(f"cluster.blocks={c.blocks} is below cluster.servers={c.servers}: every server needs a block")
+            raise ConfigError(
+                f"cluster.blocks={c.blocks} is below cluster.servers={c.servers}: every server needs a block"
+            )
         if isinstance(s.k, int) and s.k > c.workers:
             raise ConfigError(f"sync.k={s.k} exceeds cluster.workers={c.workers}: use k <= workers or a fraction")
         for name, value, total in (("k", s.k, c.workers), ("b", s.b, c.blocks or 1)):
@@ -145,7 +157,9 @@ class Config(_Section):
                 except ValueError as exc:
                     raise ConfigError(f"sync.{exc}") from None
         if s.mode in ("backup", "partial") and s.k is None and s.backups >= c.workers:
-            raise ConfigError(f"sync.backups={s.backups} leaves no worker to wait for: use backups < workers={c.workers}")
+            raise ConfigError(
+                f"sync.backups={s.backups} leaves no worker to wait for: use backups < workers={c.workers}"
+            )
         if c.blocks is not None:
             self.policy(c.blocks)
         return self

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -13,12 +13,16 @@ from rich.console import Console
 from ..config import ConfigError, load_config
 from .progress import LiveProgress, print_summary
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="weaksync: a straggler-tolerant parameter server for PyTorch.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="weaksync: a straggler-tolerant parameter server for PyTorch.",
+)
 err = Console(stderr=True, soft_wrap=True)  # one error, one line, whatever the width
 
 
-def _count(value: Optional[str], name: str) -> int | float | None:
+def _count(value: str | None, name: str) -> int | float | None:
     """k and b: an integer count ('3') or a fraction of the total ('0.75')."""
     if value is None:
         return None
@@ -42,26 +46,26 @@ def _set_pairs(pairs: list[str]) -> dict[str, Any]:
 
 @app.command()
 def train(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config; flags override it"),
-    mode: Optional[str] = typer.Option(None, help="bsp | backup | partial-pull | partial | ssp | async"),
-    workers: Optional[int] = typer.Option(None, help="number of workers N"),
-    servers: Optional[int] = typer.Option(None, help="number of servers S"),
-    blocks: Optional[int] = typer.Option(None, help="parameter blocks B (default: auto)"),
-    k: Optional[str] = typer.Option(None, help="push quorum: count or fraction of N"),
-    b: Optional[str] = typer.Option(None, help="pull quorum: count or fraction of B"),
-    tau: Optional[int] = typer.Option(None, help="staleness bound"),
-    push_deadline: Optional[float] = typer.Option(None, help="seconds"),
-    pull_deadline: Optional[float] = typer.Option(None, help="seconds"),
-    model: Optional[str] = typer.Option(None, help="digits-cnn | resnet20 | resnet56 | resnet50"),
-    data: Optional[str] = typer.Option(None, help="digits | synthetic-cifar | cifar10 | imagefolder"),
-    data_dir: Optional[str] = typer.Option(None, help="folder for cifar10 / imagefolder"),
-    steps: Optional[int] = typer.Option(None, help="steps per worker"),
-    batch_size: Optional[int] = typer.Option(None, help="minibatch per worker"),
-    lr: Optional[float] = typer.Option(None, help="learning rate"),
-    seed: Optional[int] = typer.Option(None),
-    out_dir: Optional[str] = typer.Option(None, help="parent of run directories (default: runs)"),
-    name: Optional[str] = typer.Option(None, help="run directory name"),
-    on_worker_failure: Optional[str] = typer.Option(None, help="stop | continue"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config; flags override it"),
+    mode: str | None = typer.Option(None, help="bsp | backup | partial-pull | partial | ssp | async"),
+    workers: int | None = typer.Option(None, help="number of workers N"),
+    servers: int | None = typer.Option(None, help="number of servers S"),
+    blocks: int | None = typer.Option(None, help="parameter blocks B (default: auto)"),
+    k: str | None = typer.Option(None, help="push quorum: count or fraction of N"),
+    b: str | None = typer.Option(None, help="pull quorum: count or fraction of B"),
+    tau: int | None = typer.Option(None, help="staleness bound"),
+    push_deadline: float | None = typer.Option(None, help="seconds"),
+    pull_deadline: float | None = typer.Option(None, help="seconds"),
+    model: str | None = typer.Option(None, help="digits-cnn | resnet20 | resnet56 | resnet50"),
+    data: str | None = typer.Option(None, help="digits | synthetic-cifar | cifar10 | imagefolder"),
+    data_dir: str | None = typer.Option(None, help="folder for cifar10 / imagefolder"),
+    steps: int | None = typer.Option(None, help="steps per worker"),
+    batch_size: int | None = typer.Option(None, help="minibatch per worker"),
+    lr: float | None = typer.Option(None, help="learning rate"),
+    seed: int | None = typer.Option(None),
+    out_dir: str | None = typer.Option(None, help="parent of run directories (default: runs)"),
+    name: str | None = typer.Option(None, help="run directory name"),
+    on_worker_failure: str | None = typer.Option(None, help="stop | continue"),
     set_: list[str] = typer.Option([], "--set", help="any config field: section.field=value (repeatable)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no live progress"),
 ) -> None:
@@ -69,11 +73,26 @@ def train(
     from ..runtime.launcher import run_local
 
     overrides = {
-        "sync.mode": mode, "cluster.workers": workers, "cluster.servers": servers, "cluster.blocks": blocks,
-        "sync.k": _count(k, "k"), "sync.b": _count(b, "b"), "sync.tau": tau, "sync.push_deadline": push_deadline,
-        "sync.pull_deadline": pull_deadline, "model.name": model, "data.name": data, "data.dir": data_dir,
-        "train.steps": steps, "train.batch_size": batch_size, "optim.lr": lr, "run.seed": seed,
-        "run.out_dir": out_dir, "run.name": name, "on_worker_failure": on_worker_failure, **_set_pairs(set_),
+        "sync.mode": mode,
+        "cluster.workers": workers,
+        "cluster.servers": servers,
+        "cluster.blocks": blocks,
+        "sync.k": _count(k, "k"),
+        "sync.b": _count(b, "b"),
+        "sync.tau": tau,
+        "sync.push_deadline": push_deadline,
+        "sync.pull_deadline": pull_deadline,
+        "model.name": model,
+        "data.name": data,
+        "data.dir": data_dir,
+        "train.steps": steps,
+        "train.batch_size": batch_size,
+        "optim.lr": lr,
+        "run.seed": seed,
+        "run.out_dir": out_dir,
+        "run.name": name,
+        "on_worker_failure": on_worker_failure,
+        **_set_pairs(set_),
     }
     cfg = load_config(config, overrides)
     console = Console()
@@ -89,8 +108,10 @@ def train(
 
 
 @app.command()
-def summarize(run_dir: Path = typer.Argument(..., help="a run directory"),
-              target: float = typer.Option(0.95, help="target accuracy for time-to-accuracy")) -> None:
+def summarize(
+    run_dir: Path = typer.Argument(..., help="a run directory"),
+    target: float = typer.Option(0.95, help="target accuracy for time-to-accuracy"),
+) -> None:
     """Rebuild summary.json of a run directory from its event logs."""
     from ..report.summary import build_summary
 
@@ -132,6 +153,7 @@ def main() -> None:
         command = f" {ctx.info_name}" if ctx is not None and ctx.parent is not None else ""
         err.print(f"[red]weaksync: error:[/red] {exc.format_message()} (see weaksync{command} --help)", highlight=False)
         sys.exit(2)
+
 
 if __name__ == "__main__":
     main()

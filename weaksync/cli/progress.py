@@ -45,9 +45,11 @@ class LiveProgress:
             rate = f"{self.rates[w]:.1f}" if w in self.rates else "-"
             table.add_row(str(w), f"{p['step']}/{total}", rate, compute, str(p.get("stale", 0)))
         acc = progress.get("eval", {}).get("accuracy")
-        head = Text(f"{self.config.sync.mode}  N={self.config.cluster.workers} S={self.config.cluster.servers}  "
-                    f"elapsed {time.monotonic() - self.started:.0f}s  "
-                    f"test accuracy {'-' if acc is None else f'{acc:.3f}'}")
+        head = Text(
+            f"{self.config.sync.mode}  N={self.config.cluster.workers} S={self.config.cluster.servers}  "
+            f"elapsed {time.monotonic() - self.started:.0f}s  "
+            f"test accuracy {'-' if acc is None else f'{acc:.3f}'}"
+        )
         self.live.update(Group(head, table))
 
 
@@ -55,21 +57,31 @@ def print_summary(console: Console, run_dir: Path, s: dict[str, Any]) -> None:
     def fmt(value: Any, pattern: str = "{:.3f}") -> str:
         return "-" if value is None else pattern.format(value)
 
+    contrib, blocks = s["contributions"], s["blocks_per_step"]
     table = Table(title=f"run {run_dir}", show_header=False, box=None)
     rows = [
-        ("mode", f"{s.get('mode')}  k={s.get('k')} b={s.get('b')} tau={s.get('tau')}  "
-                 f"N={s.get('num_workers')} S={s.get('num_servers')} B={s.get('num_blocks')}"),
+        (
+            "mode",
+            f"{s.get('mode')}  k={s.get('k')} b={s.get('b')} tau={s.get('tau')}  "
+            f"N={s.get('num_workers')} S={s.get('num_servers')} B={s.get('num_blocks')}",
+        ),
         ("final / best accuracy", f"{fmt(s['final_accuracy'])} / {fmt(s['best_accuracy'])}"),
         (f"time to {s['target_accuracy']:.0%}", fmt(s["time_to_accuracy"], "{:.2f} s")),
         ("training time", fmt(s["train_seconds"], "{:.2f} s")),
         ("worker steps/s", fmt(s["steps_per_s"], "{:.1f}")),
         ("step time p50/p95/p99", " / ".join(fmt(s["step_time"][q], "{:.4f}") for q in ("p50", "p95", "p99")) + " s"),
-        ("contributions accepted / dropped",
-         f"{s['contributions']['accepted']} / {s['contributions']['dropped']} {s['contributions']['drops_by_reason'] or ''}"),
-        ("blocks per step fresh / stale",
-         f"{fmt(s['blocks_per_step']['fresh_mean'], '{:.2f}')} / {fmt(s['blocks_per_step']['stale_mean'], '{:.2f}')}"),
-        ("bytes / messages per step",
-         f"{fmt(s['traffic']['bytes_per_step'], '{:,.0f}')} / {fmt(s['traffic']['msgs_per_step'], '{:.1f}')}"),
+        (
+            "contributions accepted / dropped",
+            f"{contrib['accepted']} / {contrib['dropped']} {contrib['drops_by_reason'] or ''}",
+        ),
+        (
+            "blocks per step fresh / stale",
+            f"{fmt(blocks['fresh_mean'], '{:.2f}')} / {fmt(blocks['stale_mean'], '{:.2f}')}",
+        ),
+        (
+            "bytes / messages per step",
+            f"{fmt(s['traffic']['bytes_per_step'], '{:,.0f}')} / {fmt(s['traffic']['msgs_per_step'], '{:.1f}')}",
+        ),
     ]
     for key, value in rows:
         table.add_row(Text(key, style="bold"), Text(value))

@@ -7,7 +7,23 @@ from .server import ServerCore
 from .worker import StepPlan, WorkerCore
 
 __all__ = [
-    "Accept", "Apply", "Block", "BlockLayout", "Drop", "MODES", "PullRequest", "PushRequest", "Send",
-    "ServerCore", "StepPlan", "SyncPolicy", "TensorSpec", "WorkerCore", "build_layout", "make_policy",
-    "order_tensors", "resolve_count", "resolve_num_blocks",
+    "Accept",
+    "Apply",
+    "Block",
+    "BlockLayout",
+    "Drop",
+    "MODES",
+    "PullRequest",
+    "PushRequest",
+    "Send",
+    "ServerCore",
+    "StepPlan",
+    "SyncPolicy",
+    "TensorSpec",
+    "WorkerCore",
+    "build_layout",
+    "make_policy",
+    "order_tensors",
+    "resolve_count",
+    "resolve_num_blocks",
 ]

@@ -11,8 +11,8 @@ import hashlib
 import heapq
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 

@@ -7,8 +7,8 @@ sends what Send asks for. Time is passed in (`now`), so the simulator and tests 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from .actions import Accept, Apply, Drop, Send, ServerAction
 from .policy import SyncPolicy

@@ -94,24 +94,45 @@ def build_summary(run_dir: Path, target_accuracy: float) -> dict[str, Any]:
         "accuracy_curve": [[round(e["t"] - start, 3) if start else None, e["accuracy"]] for e in evals],
         "updates": len(updates),
         "updates_by_deadline": sum(1 for u in updates if u.get("by_deadline")),
-        "contributions": {"accepted": sum(accepted_by_worker.values()), "dropped": sum(dropped_by_worker.values()),
-                          "drops_by_reason": dict(drops)},
+        "contributions": {
+            "accepted": sum(accepted_by_worker.values()),
+            "dropped": sum(dropped_by_worker.values()),
+            "drops_by_reason": dict(drops),
+        },
         "staleness": {str(k): v for k, v in sorted(staleness.items())},
         "blocks_per_step": {
             "fresh_mean": float(np.mean([e["fresh"] for e in steps])) if steps else None,
             "stale_mean": float(np.mean([len(e["stale"]) for e in steps])) if steps else None,
         },
         "traffic": {
-            "push_msgs": sum(w["push_msgs"] for w in workers), "push_bytes": sum(w["push_bytes"] for w in workers),
-            "pull_msgs": sum(w["pull_msgs"] for w in workers), "reply_msgs": sum(w["reply_msgs"] for w in workers),
+            "push_msgs": sum(w["push_msgs"] for w in workers),
+            "push_bytes": sum(w["push_bytes"] for w in workers),
+            "pull_msgs": sum(w["pull_msgs"] for w in workers),
+            "reply_msgs": sum(w["reply_msgs"] for w in workers),
             "reply_bytes": sum(w["reply_bytes"] for w in workers),
-            "bytes_per_step": (sum(w["push_bytes"] + w["reply_bytes"] for w in workers) / num_steps) if num_steps else None,
+            "bytes_per_step": (sum(w["push_bytes"] + w["reply_bytes"] for w in workers) / num_steps)
+            if num_steps
+            else None,
             "msgs_per_step": (sum(w["push_msgs"] + w["pull_msgs"] + w["reply_msgs"] for w in workers) / num_steps)
-            if num_steps else None,
+            if num_steps
+            else None,
         },
         "workers": per_worker,
-        "servers": {str(s["id"]): {k: s[k] for k in ("updates", "accepted", "drops", "bad_messages", "reply_bytes",
-                                                   "state_bytes", "peak_rss_bytes")} for s in servers},
+        "servers": {
+            str(s["id"]): {
+                k: s[k]
+                for k in (
+                    "updates",
+                    "accepted",
+                    "drops",
+                    "bad_messages",
+                    "reply_bytes",
+                    "state_bytes",
+                    "peak_rss_bytes",
+                )
+            }
+            for s in servers
+        },
         "peak_rss_bytes": {f"{p['role']}-{p['id']}": p["peak_rss_bytes"] for p in servers + workers},
         "worker_status": {str(w["id"]): w.get("status") for w in workers},
     }

@@ -5,7 +5,7 @@ It performs what the server core decides (Accept, Apply); it never decides anyth
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -21,8 +21,14 @@ class BlockStore:
     """One server's share of θ. Parameter slots are stepped by the optimizer with the averaged gradient;
     buffer slots (BatchNorm statistics) are set to the average of the contributed values."""
 
-    def __init__(self, layout: BlockLayout, server: int, theta0: torch.Tensor,
-                 make_optimizer: OptimizerFactory, lr_at: LRFunction):
+    def __init__(
+        self,
+        layout: BlockLayout,
+        server: int,
+        theta0: torch.Tensor,
+        make_optimizer: OptimizerFactory,
+        lr_at: LRFunction,
+    ):
         self.blocks: dict[int, Block] = {b.index: b for b in layout.blocks_of(server)}
         self.values: dict[int, torch.Tensor] = {}
         self.params: dict[int, nn.Parameter] = {}

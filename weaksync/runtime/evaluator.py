@@ -128,8 +128,9 @@ def run_evaluator(spec: RoleSpec) -> None:
     evaluator.socks = [connect_dealer(ctx, ep, b"evaluator") for ep in endpoints]
     done_keys = [f"done/worker/{w}" for w in range(cfg.cluster.workers)]
     stop = threading.Event()
-    timer = threading.Thread(target=evaluator.snapshots, args=(connect_store(spec), done_keys, stop),
-                             name="snapshots", daemon=True)
+    timer = threading.Thread(
+        target=evaluator.snapshots, args=(connect_store(spec), done_keys, stop), name="snapshots", daemon=True
+    )
     try:
         timer.start()
         evaluator.evaluate_pending(store)

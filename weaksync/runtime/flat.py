@@ -14,8 +14,12 @@ from ..core.layout import Block, BlockLayout, TensorSpec, build_layout, order_te
 
 def tensor_specs(model: nn.Module) -> tuple[TensorSpec, ...]:
     """θ's tensors in layout order: parameters, then floating-point buffers."""
-    params = [TensorSpec(n, tuple(p.shape), str(p.dtype).removeprefix("torch."), False) for n, p in model.named_parameters()]
-    buffers = [TensorSpec(n, tuple(b.shape), str(b.dtype).removeprefix("torch."), True) for n, b in model.named_buffers()]
+    params = [
+        TensorSpec(n, tuple(p.shape), str(p.dtype).removeprefix("torch."), False) for n, p in model.named_parameters()
+    ]
+    buffers = [
+        TensorSpec(n, tuple(b.shape), str(b.dtype).removeprefix("torch."), True) for n, b in model.named_buffers()
+    ]
     return order_tensors(params, buffers)
 
 

@@ -12,11 +12,12 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import zmq
@@ -31,8 +32,15 @@ from .flat import model_layout
 from .resources import write_json
 from .spec import RoleError, RoleSpec
 
-PRELOAD = ["torch", "sklearn.datasets", "weaksync.runtime.server", "weaksync.runtime.worker", "weaksync.runtime.evaluator",
-           "weaksync.training.models", "weaksync.training.data"]
+PRELOAD = [
+    "torch",
+    "sklearn.datasets",
+    "weaksync.runtime.server",
+    "weaksync.runtime.worker",
+    "weaksync.runtime.evaluator",
+    "weaksync.training.models",
+    "weaksync.training.data",
+]
 ProgressCallback = Callable[[dict[str, Any]], None]
 
 
@@ -82,14 +90,17 @@ def describe_exit(code: int | None) -> str:
 def prepare(config: Config, workload: Workload | None) -> tuple[Workload, dict[str, Any]]:
     """Validate everything that can be checked before a process starts (model, data, k, b vs B)."""
     if workload is None:
-        from ..training.sources import check_data_source
         from ..training.models import MODEL_NAMES
+        from ..training.sources import check_data_source
 
         if config.model.name not in MODEL_NAMES:
-            raise ConfigError(f"model.name: unknown model '{config.model.name}': choose one of {', '.join(MODEL_NAMES)}")
+            raise ConfigError(
+                f"model.name: unknown model '{config.model.name}': choose one of {', '.join(MODEL_NAMES)}"
+            )
         check_data_source(config.data.name, config.data.dir)
-        workload = builtin_workload(config.model.name, config.data.name, config.data.dir, config.run.seed,
-                                    config.data.synthetic_size)
+        workload = builtin_workload(
+            config.model.name, config.data.name, config.data.dir, config.run.seed, config.data.synthetic_size
+        )
     torch.manual_seed(config.run.seed)
     try:
         layout = model_layout(workload.model_fn(), config.cluster.servers, config.cluster.blocks)
@@ -97,12 +108,23 @@ def prepare(config: Config, workload: Workload | None) -> tuple[Workload, dict[s
         raise ConfigError(f"cluster.blocks: {exc}") from None
     policy = config.policy(layout.num_blocks)
     meta = {
-        "mode": policy.mode, "num_workers": policy.num_workers, "num_servers": config.cluster.servers,
-        "num_blocks": layout.num_blocks, "k": policy.k, "b": policy.b, "tau": policy.tau,
-        "push_deadline": policy.push_deadline, "pull_deadline": policy.pull_deadline,
-        "ssp_slack": policy.ssp_slack, "parameters": layout.num_params, "theta_size": layout.total,
-        "layout_digest": layout.digest, "model": config.model.name, "data": config.data.name,
-        "batch_size": config.train.batch_size, "steps_per_worker": config.train.steps,
+        "mode": policy.mode,
+        "num_workers": policy.num_workers,
+        "num_servers": config.cluster.servers,
+        "num_blocks": layout.num_blocks,
+        "k": policy.k,
+        "b": policy.b,
+        "tau": policy.tau,
+        "push_deadline": policy.push_deadline,
+        "pull_deadline": policy.pull_deadline,
+        "ssp_slack": policy.ssp_slack,
+        "parameters": layout.num_params,
+        "theta_size": layout.total,
+        "layout_digest": layout.digest,
+        "model": config.model.name,
+        "data": config.data.name,
+        "batch_size": config.train.batch_size,
+        "steps_per_worker": config.train.steps,
     }
     return workload, meta
 
@@ -124,8 +146,9 @@ class LocalCluster:
         self.workload = workload
         self.run_dir = run_dir
         self.run_id = run_dir.name
-        self.store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
-                              timeout=timedelta(seconds=config.timeouts.connect))
+        self.store = TCPStore(
+            "127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=config.timeouts.connect)
+        )
         self.prefixed = PrefixStore(f"weaksync/{self.run_id}/", self.store)
         self.ctx = mp.get_context("forkserver")
         self.ctx.set_forkserver_preload(PRELOAD)
@@ -133,8 +156,17 @@ class LocalCluster:
         self.gone: set[str] = set()
 
     def spec(self, role: str, rank: int) -> RoleSpec:
-        return RoleSpec(role, rank, self.config, self.workload, "127.0.0.1", self.store.port, self.run_id,
-                        str(self.run_dir), watch_pid=os.getpid())
+        return RoleSpec(
+            role,
+            rank,
+            self.config,
+            self.workload,
+            "127.0.0.1",
+            self.store.port,
+            self.run_id,
+            str(self.run_dir),
+            watch_pid=os.getpid(),
+        )
 
     def start(self) -> None:
         c = self.config.cluster
@@ -191,8 +223,12 @@ class LocalCluster:
         return out
 
 
-def run_local(config: Config, workload: Workload | None = None, on_progress: ProgressCallback | None = None,
-              poll_interval: float = 0.25) -> RunResult:
+def run_local(
+    config: Config,
+    workload: Workload | None = None,
+    on_progress: ProgressCallback | None = None,
+    poll_interval: float = 0.25,
+) -> RunResult:
     """Train with the embedded cluster; returns the run directory and its summary, raises RunFailed."""
     workload, meta = prepare(config, workload)
     run_dir = make_run_dir(config)
@@ -235,8 +271,10 @@ def _watch(cluster: LocalCluster, on_progress: ProgressCallback | None, poll_int
                 cluster.prefixed.set(f"done/worker/{rank}", "failed")
                 continue
             why = cluster.error_of(name)
-            return (f"{name} stopped unexpectedly ({describe_exit(code)}{': ' + why if why else ''}); "
-                    f"stopping the run (on_worker_failure={config.on_worker_failure})")
+            return (
+                f"{name} stopped unexpectedly ({describe_exit(code)}{': ' + why if why else ''}); "
+                f"stopping the run (on_worker_failure={config.on_worker_failure})"
+            )
         if len(exited) == len(cluster.procs):
             return None
         now = time.monotonic()

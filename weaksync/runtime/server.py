@@ -49,8 +49,13 @@ class Server:
         self.core = ServerCore(self.policy, [b.index for b in self.layout.blocks_of(spec.rank)])
         from .blockstore import BlockStore
 
-        self.store = BlockStore(self.layout, spec.rank, theta0, optimizer_factory(cfg.optim),
-                                lr_function(cfg.optim, cfg.train.steps, cfg.cluster.workers))
+        self.store = BlockStore(
+            self.layout,
+            spec.rank,
+            theta0,
+            optimizer_factory(cfg.optim),
+            lr_function(cfg.optim, cfg.train.steps, cfg.cluster.workers),
+        )
         self.log = EventLog(spec.path / "events" / f"{spec.name}.jsonl")
         self.bad_messages: Counter[str] = Counter()
         self.last_seen: dict[int, float] = {}
@@ -144,8 +149,10 @@ class Server:
     def hello(self, sock: zmq.Socket, identity: bytes, msg: Message) -> None:
         worker = msg["w"]
         if msg["digest"] != self.layout.digest:
-            reason = (f"layout mismatch: worker {worker} built a model with layout {msg['digest']}, server "
-                      f"{self.spec.rank} has {self.layout.digest}: every rank must build the same model, blocks and servers")
+            reason = (
+                f"layout mismatch: worker {worker} built a model with layout {msg['digest']}, server "
+                f"{self.spec.rank} has {self.layout.digest}: every rank must build the same model, blocks and servers"
+            )
             self.reject(identity, reason)
             sock.send_multipart([identity, *encode("refuse", reason=reason)])
             return
@@ -168,11 +175,25 @@ class Server:
                 self.send_block(sock, worker_identity(action.worker), action.block, action.version)
             elif isinstance(action, Apply):
                 self.store.apply(action)
-                self.log.write("update", s=self.spec.rank, j=action.block, v=action.version, step=action.step,
-                               by_deadline=action.by_deadline, contributors=[[w, u] for w, u, _ in action.contributors])
+                self.log.write(
+                    "update",
+                    s=self.spec.rank,
+                    j=action.block,
+                    v=action.version,
+                    step=action.step,
+                    by_deadline=action.by_deadline,
+                    contributors=[[w, u] for w, u, _ in action.contributors],
+                )
             elif isinstance(action, Drop) and action.reason != "malformed":
-                self.log.write("drop", s=self.spec.rank, w=action.worker, j=action.block, base=action.base,
-                               v=action.version, reason=action.reason)
+                self.log.write(
+                    "drop",
+                    s=self.spec.rank,
+                    w=action.worker,
+                    j=action.block,
+                    base=action.base,
+                    v=action.version,
+                    reason=action.reason,
+                )
 
     def send_block(self, sock: zmq.Socket, identity: bytes, block: int, version: int) -> None:
         payload = self.store.snapshot(block)
@@ -199,13 +220,23 @@ class Server:
 
     def summary(self) -> dict:
         return {
-            "role": "server", "id": self.spec.rank, "pid": os.getpid(),
-            "blocks": sorted(self.store.blocks), "versions": {j: self.core.version(j) for j in self.store.blocks},
-            "updates": self.core.updates, "accepted": sum(self.core.accepted.values()),
-            "accepted_by_worker": dict(self.core.accepted), "dropped_by_worker": dict(self.core.dropped),
-            "drops": dict(self.core.drops), "bad_messages": dict(self.bad_messages),
-            "push_msgs": self.push_msgs, "push_bytes": self.push_bytes, "pull_msgs": self.pull_msgs,
-            "reply_msgs": self.replies, "reply_bytes": self.reply_bytes, "state_bytes": self.store.nbytes(),
+            "role": "server",
+            "id": self.spec.rank,
+            "pid": os.getpid(),
+            "blocks": sorted(self.store.blocks),
+            "versions": {j: self.core.version(j) for j in self.store.blocks},
+            "updates": self.core.updates,
+            "accepted": sum(self.core.accepted.values()),
+            "accepted_by_worker": dict(self.core.accepted),
+            "dropped_by_worker": dict(self.core.dropped),
+            "drops": dict(self.core.drops),
+            "bad_messages": dict(self.bad_messages),
+            "push_msgs": self.push_msgs,
+            "push_bytes": self.push_bytes,
+            "pull_msgs": self.pull_msgs,
+            "reply_msgs": self.replies,
+            "reply_bytes": self.reply_bytes,
+            "state_bytes": self.store.nbytes(),
             "peak_rss_bytes": peak_rss_bytes(),
         }
 

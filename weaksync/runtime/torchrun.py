@@ -38,8 +38,10 @@ def assign_role(role: str, rank: int, world: int, config: Config) -> tuple[str, 
     servers, workers = config.cluster.servers, config.cluster.workers
     if role == "auto":
         if world != servers + workers:
-            raise ConfigError(f"torchrun started {world} processes but cluster.servers + cluster.workers = "
-                              f"{servers + workers}: set --nproc-per-node × --nnodes to their sum")
+            raise ConfigError(
+                f"torchrun started {world} processes but cluster.servers + cluster.workers = "
+                f"{servers + workers}: set --nproc-per-node × --nnodes to their sum"
+            )
         return ("server", rank) if rank < servers else ("worker", rank - servers)
     limit = servers if role == "server" else workers
     if world != limit:
@@ -55,8 +57,13 @@ def store_address(args: argparse.Namespace, role: str, rank: int, timeout: float
             raise ConfigError(f"--store '{args.store}' must be HOST:PORT")
         keep = None
         if role == "server" and rank == 0:
-            keep = TCPStore(host if host not in ("localhost",) else "127.0.0.1", int(port), is_master=True,
-                            wait_for_workers=False, timeout=timedelta(seconds=timeout))
+            keep = TCPStore(
+                host if host not in ("localhost",) else "127.0.0.1",
+                int(port),
+                is_master=True,
+                wait_for_workers=False,
+                timeout=timedelta(seconds=timeout),
+            )
         return host, int(port), keep
     host, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), _env_int("MASTER_PORT")
     keep = None
@@ -108,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         (run_dir / "config.yaml").write_text(dump_config(config))
         write_json(run_dir / "meta.json", meta)
         eval_spec = RoleSpec("evaluator", 0, config, workload, host, port, run_id, str(run_dir), watch_pid=os.getpid())
-        evaluator = mp.get_context("spawn").Process(target=_evaluator_entry, args=(eval_spec,), name="weaksync-evaluator")
+        evaluator = mp.get_context("spawn").Process(
+            target=_evaluator_entry, args=(eval_spec,), name="weaksync-evaluator"
+        )
         evaluator.start()
     try:
         run_server(spec)

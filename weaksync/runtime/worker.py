@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import zmq
+from torch.distributed import Store
 
 from ..core.worker import WorkerCore
 from ..training.data import BatchStream, shard_indices
@@ -22,8 +23,6 @@ from ..transport.sockets import connect_dealer
 from .eventlog import EventLog
 from .flat import FlatModel, model_layout
 from .resources import peak_rss_bytes, write_json
-from torch.distributed import Store
-
 from .spec import RoleError, RoleSpec, connect_store, install_stop_handlers, store_set_json, watch_parent
 
 
@@ -69,13 +68,15 @@ class Worker:
         for sock in self.socks:
             sock.send_multipart(encode("hello", w=self.id, digest=self.layout.digest, pid=os.getpid()))
         pending = set(range(len(self.socks)))
-        deadline = time.monotonic() + self.spec.config.timeouts.connect
+        left_total = self.spec.config.timeouts.connect
+        deadline = time.monotonic() + left_total
         while pending:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise RegistrationError(
-                    f"servers {sorted(pending)} did not answer registration within {self.spec.config.timeouts.connect:.0f}s "
-                    "(timeouts.connect): check that they run and are reachable")
+                    f"servers {sorted(pending)} did not answer registration within {left_total:.0f}s "
+                    "(timeouts.connect): check that they run and are reachable"
+                )
             for s in list(pending):
                 if self.socks[s].poll(int(min(left, 0.1) * 1000)):
                     msg = decode(self.socks[s].recv_multipart())
@@ -99,8 +100,10 @@ class Worker:
             now = time.monotonic()
             if not self.core.ready(now):
                 if now - wait_from > cfg.timeouts.progress:
-                    raise RoleError(f"worker {self.id} got no fresh block for {cfg.timeouts.progress:.0f}s "
-                                    f"(timeouts.progress) at step {self.core.step}: a server is stuck or unreachable")
+                    raise RoleError(
+                        f"worker {self.id} got no fresh block for {cfg.timeouts.progress:.0f}s "
+                        f"(timeouts.progress) at step {self.core.step}: a server is stuck or unreachable"
+                    )
                 deadline = self.core.deadline()
                 timeout = 0.5 if deadline is None else max(0.0, min(0.5, deadline - now))
                 poller.poll(int(timeout * 1000) + 1)
@@ -121,8 +124,10 @@ class Worker:
         self.flat.zero_grad()
         loss = self.spec.workload.loss_fn(self.model(x), y)
         if not torch.isfinite(loss):
-            raise RoleError(f"training diverged: loss is {loss.item()} on worker {self.id} at step {plan.step}: "
-                            "lower optim.lr or add optim.warmup_steps")
+            raise RoleError(
+                f"training diverged: loss is {loss.item()} on worker {self.id} at step {plan.step}: "
+                "lower optim.lr or add optim.warmup_steps"
+            )
         loss.backward()
         vector = self.flat.push_vector()
         t1 = time.time()
@@ -132,17 +137,31 @@ class Worker:
             block = self.layout.blocks[p.block]
             payload = vector[block.start : block.stop]
             self.socks[block.server].send_multipart(
-                encode("push", payload, w=self.id, j=p.block, base=p.base, step=p.step), copy=False)
+                encode("push", payload, w=self.id, j=p.block, base=p.base, step=p.step), copy=False
+            )
             push_bytes += payload.nbytes
         self.send_pulls(pulls)
         self.traffic.push_msgs += len(pushes)
         self.traffic.push_bytes += push_bytes
         self.step_times.append(t1 - t0)
         stale = sorted(plan.stale)
-        self.log.write("step", w=self.id, step=plan.step, t=t0, t_end=t1, t_push=time.time(), wait=waited,
-                       loss=loss.item(), fresh=len(plan.fresh), stale=stale,
-                       versions=list(plan.versions), push_bytes=push_bytes, push_msgs=len(pushes),
-                       pull_msgs=len(pulls), epoch=self.batches.epoch)
+        self.log.write(
+            "step",
+            w=self.id,
+            step=plan.step,
+            t=t0,
+            t_end=t1,
+            t_push=time.time(),
+            wait=waited,
+            loss=loss.item(),
+            fresh=len(plan.fresh),
+            stale=stale,
+            versions=list(plan.versions),
+            push_bytes=push_bytes,
+            push_msgs=len(pushes),
+            pull_msgs=len(pulls),
+            epoch=self.batches.epoch,
+        )
 
     def send_pulls(self, pulls: list) -> None:
         for q in pulls:
@@ -186,20 +205,34 @@ class Worker:
     def publish_progress(self) -> None:
         if self.store is not None:
             recent = self.step_times[-20:]
-            store_set_json(self.store, f"progress/worker/{self.id}", {
-                "step": self.core.step, "t": time.time(), "compute": float(np.mean(recent)) if recent else None,
-                "stale": self.core.ignored_replies,
-            })
+            store_set_json(
+                self.store,
+                f"progress/worker/{self.id}",
+                {
+                    "step": self.core.step,
+                    "t": time.time(),
+                    "compute": float(np.mean(recent)) if recent else None,
+                    "stale": self.core.ignored_replies,
+                },
+            )
 
     def summary(self) -> dict:
         times = np.array(self.step_times) if self.step_times else np.zeros(1)
         return {
-            "role": "worker", "id": self.id, "pid": os.getpid(), "steps": self.core.step,
-            "compute_p50": float(np.percentile(times, 50)), "compute_p95": float(np.percentile(times, 95)),
-            "push_msgs": self.traffic.push_msgs, "push_bytes": self.traffic.push_bytes,
-            "pull_msgs": self.traffic.pull_msgs, "reply_msgs": self.traffic.reply_msgs,
-            "reply_bytes": self.traffic.reply_bytes, "installed": self.traffic.installed,
-            "ignored_replies": self.core.ignored_replies, "bad_messages": self.traffic.bad,
+            "role": "worker",
+            "id": self.id,
+            "pid": os.getpid(),
+            "steps": self.core.step,
+            "compute_p50": float(np.percentile(times, 50)),
+            "compute_p95": float(np.percentile(times, 95)),
+            "push_msgs": self.traffic.push_msgs,
+            "push_bytes": self.traffic.push_bytes,
+            "pull_msgs": self.traffic.pull_msgs,
+            "reply_msgs": self.traffic.reply_msgs,
+            "reply_bytes": self.traffic.reply_bytes,
+            "installed": self.traffic.installed,
+            "ignored_replies": self.core.ignored_replies,
+            "bad_messages": self.traffic.bad,
             "peak_rss_bytes": peak_rss_bytes(),
         }
 
@@ -227,13 +260,19 @@ def run_worker(spec: RoleSpec) -> None:
     endpoints = [store.get(f"server/{s}").decode() for s in range(spec.config.cluster.servers)]
     ctx = zmq.Context()
     stop = threading.Event()
-    beat = threading.Thread(target=heartbeat, args=(ctx, endpoints, worker.id, spec.config.timeouts.heartbeat_interval, stop),
-                            name="heartbeat", daemon=True)
+    beat = threading.Thread(
+        target=heartbeat,
+        args=(ctx, endpoints, worker.id, spec.config.timeouts.heartbeat_interval, stop),
+        name="heartbeat",
+        daemon=True,
+    )
     status = "failed"
     try:
         worker.connect(ctx, endpoints)
         beat.start()
-        worker.log.write("start", w=worker.id, pid=os.getpid(), blocks=worker.layout.num_blocks, digest=worker.layout.digest)
+        worker.log.write(
+            "start", w=worker.id, pid=os.getpid(), blocks=worker.layout.num_blocks, digest=worker.layout.digest
+        )
         worker.log.flush()
         worker.run()
         status = "done"

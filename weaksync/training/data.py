@@ -68,9 +68,7 @@ def _load_digits() -> tuple[Dataset, Dataset, DataInfo]:
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
     labels = digits.target.astype(np.int64)
-    x_train, x_test, y_train, y_test = train_test_split(
-        images, labels, test_size=0.2, stratify=labels, random_state=0
-    )
+    x_train, x_test, y_train, y_test = train_test_split(images, labels, test_size=0.2, stratify=labels, random_state=0)
     mean, std = float(x_train.mean()), float(x_train.std())
     train = _tensor_dataset((x_train - mean) / std, y_train)
     test = _tensor_dataset((x_test - mean) / std, y_test)
@@ -103,9 +101,7 @@ def _load_synthetic_cifar(seed: int, synthetic_size: int) -> tuple[Dataset, Data
         )
     templates = _synthetic_templates(np.random.default_rng([seed, 0]))
     x_train, y_train = _synthetic_samples(templates, synthetic_size, np.random.default_rng([seed, 1]))
-    x_test, y_test = _synthetic_samples(
-        templates, max(synthetic_size // 5, 1), np.random.default_rng([seed, 2])
-    )
+    x_test, y_test = _synthetic_samples(templates, max(synthetic_size // 5, 1), np.random.default_rng([seed, 2]))
     mean = x_train.mean(axis=(0, 2, 3), keepdims=True)
     std = x_train.std(axis=(0, 2, 3), keepdims=True)
     train = _tensor_dataset((x_train - mean) / std, y_train)
@@ -124,9 +120,7 @@ def _synthetic_templates(rng: np.random.Generator) -> np.ndarray:
     return pattern.numpy()
 
 
-def _synthetic_samples(
-    templates: np.ndarray, n: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+def _synthetic_samples(templates: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Random class, random crop (shift), random contrast and colour offset, plus pixel noise."""
     labels = rng.integers(0, _SYN_CLASSES, size=n).astype(np.int64)
     shifts = rng.integers(0, 2 * _SYN_MAX_SHIFT + 1, size=(n, 2))
@@ -194,9 +188,7 @@ def _unpickle(path: Path) -> Any:
         with path.open("rb") as f:
             return _SafeUnpickler(f, encoding="bytes").load()
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise DataError(
-            f"cifar10: file '{path}' is not a CIFAR-10 python batch ({exc}): {_CIFAR_HINT}"
-        ) from None
+        raise DataError(f"cifar10: file '{path}' is not a CIFAR-10 python batch ({exc}): {_CIFAR_HINT}") from None
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -213,8 +205,7 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(labels, dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != labels.shape[0]:
         raise DataError(
-            f"{bad} (data shape {data.shape}, {labels.shape[0]} labels; expected (N, 3072) "
-            f"and N labels): {_CIFAR_HINT}"
+            f"{bad} (data shape {data.shape}, {labels.shape[0]} labels; expected (N, 3072) and N labels): {_CIFAR_HINT}"
         )
     return data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32), labels
 
@@ -303,9 +294,7 @@ def _require_pillow() -> None:
 
 def _class_names(split_dir: Path) -> list[str]:
     if not split_dir.is_dir():
-        raise DataError(
-            f"imagefolder: missing folder '{split_dir}': create it with one subfolder per class"
-        )
+        raise DataError(f"imagefolder: missing folder '{split_dir}': create it with one subfolder per class")
     names = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not names:
         raise DataError(f"imagefolder: no class subfolders in '{split_dir}': add one folder per class")
@@ -315,15 +304,10 @@ def _class_names(split_dir: Path) -> list[str]:
 def _image_samples(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
     samples: list[tuple[Path, int]] = []
     for label, name in enumerate(classes):
-        files = sorted(
-            p for p in (split_dir / name).iterdir()
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        )
+        files = sorted(p for p in (split_dir / name).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         samples.extend((p, label) for p in files)
     if not samples:
-        raise DataError(
-            f"imagefolder: no images in '{split_dir}': add {'/'.join(IMAGE_EXTENSIONS)} files"
-        )
+        raise DataError(f"imagefolder: no images in '{split_dir}': add {'/'.join(IMAGE_EXTENSIONS)} files")
     return samples
 
 
@@ -337,9 +321,7 @@ def shard_indices(n: int, num_shards: int, shard: int, seed: int) -> list[int]:
     if num_shards < 1:
         raise DataError(f"shard_indices: num_shards must be >= 1, got {num_shards}: use the worker count")
     if not 0 <= shard < num_shards:
-        raise DataError(
-            f"shard_indices: shard must be in [0, {num_shards}), got {shard}: use the worker rank"
-        )
+        raise DataError(f"shard_indices: shard must be in [0, {num_shards}), got {shard}: use the worker rank")
     generator = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=generator)
     return perm[shard::num_shards].tolist()

@@ -14,9 +14,7 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> float
     return evaluate_loss_and_accuracy(model, dataset, batch_size)[1]
 
 
-def evaluate_loss_and_accuracy(
-    model: nn.Module, dataset: Dataset, batch_size: int = 512
-) -> tuple[float, float]:
+def evaluate_loss_and_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> tuple[float, float]:
     """(mean cross-entropy, top-1 accuracy) under no_grad and eval mode."""
     if batch_size < 1:
         raise ValueError(f"evaluate: batch_size must be >= 1, got {batch_size}: raise it")

@@ -13,8 +13,9 @@ from .schedule import lr_at
 
 def make_optimizer(cfg: OptimSection, params: list[nn.Parameter]) -> torch.optim.Optimizer:
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+        )
     if cfg.name == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -31,6 +32,13 @@ def lr_function(cfg: OptimSection, total_steps: int, num_workers: int):
 
 
 def _update_lr(cfg: OptimSection, total_steps: int, num_workers: int, step: int, contributors: int) -> float:
-    lr = lr_at(step, base_lr=cfg.lr, total_steps=total_steps, schedule=cfg.schedule,
-               warmup_steps=cfg.warmup_steps, step_size=cfg.step_size, gamma=cfg.gamma)
+    lr = lr_at(
+        step,
+        base_lr=cfg.lr,
+        total_steps=total_steps,
+        schedule=cfg.schedule,
+        warmup_steps=cfg.warmup_steps,
+        step_size=cfg.step_size,
+        gamma=cfg.gamma,
+    )
     return lr * contributors / num_workers if cfg.lr_scaling == "linear" else lr

@@ -10,8 +10,16 @@ from __future__ import annotations
 import math
 
 
-def lr_at(step: int, *, base_lr: float, total_steps: int, schedule: str, warmup_steps: int = 0,
-          step_size: int = 100, gamma: float = 0.1) -> float:
+def lr_at(
+    step: int,
+    *,
+    base_lr: float,
+    total_steps: int,
+    schedule: str,
+    warmup_steps: int = 0,
+    step_size: int = 100,
+    gamma: float = 0.1,
+) -> float:
     """LR for worker step `step` (0-based): linear warm-up, then constant, cosine to 0, or step decay."""
     if warmup_steps and step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps

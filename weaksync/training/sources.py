@@ -5,8 +5,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .data import (CIFAR_TEST_FILE, CIFAR_TRAIN_FILES, DATASET_NAMES, IMAGE_FOLDER_SIZE, DataError, DataInfo,
-                   _CIFAR_HINT, _cifar_root, _class_names, _require_pillow)
+from .data import (
+    _CIFAR_HINT,
+    CIFAR_TEST_FILE,
+    CIFAR_TRAIN_FILES,
+    DATASET_NAMES,
+    IMAGE_FOLDER_SIZE,
+    DataError,
+    DataInfo,
+    _cifar_root,
+    _class_names,
+    _require_pillow,
+)
 
 _FIXED = {
     "digits": DataInfo(num_classes=10, in_channels=1, image_size=8),
@@ -27,8 +37,10 @@ def check_data_source(name: str, data_dir: str | None) -> None:
     elif name == "imagefolder":
         _require_pillow()
         if data_dir is None or not Path(data_dir).expanduser().is_dir():
-            raise DataError(f"imagefolder: data directory '{data_dir}' does not exist: "
-                            "point data.dir at a folder with train/<class>/ and val/<class>/")
+            raise DataError(
+                f"imagefolder: data directory '{data_dir}' does not exist: "
+                "point data.dir at a folder with train/<class>/ and val/<class>/"
+            )
         _class_names(Path(data_dir).expanduser() / "train")
         _class_names(Path(data_dir).expanduser() / "val")
 

@@ -3,8 +3,8 @@ process builds the same model from the same seed and each worker loads only what
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +28,8 @@ class Workload:
 
 
 def _builtin_model(model: str, dataset: str, data_dir: str | None) -> nn.Module:
-    from .sources import dataset_info
     from .models import build_model
+    from .sources import dataset_info
 
     info = dataset_info(dataset, data_dir)
     return build_model(model, info.num_classes, info.in_channels, info.image_size)

@@ -7,8 +7,9 @@ reason the caller counts and logs. Payloads are decoded as views of the received
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import msgpack
 import numpy as np
