@@ -69,7 +69,7 @@ def test_bad_messages_are_counted_and_the_server_goes_on(served) -> None:
     assert not server.stop_requested
     assert sum(server.bad_messages.values()) == 5
     assert server.core.drops == {"malformed": 2, "future": 1, "unknown-block": 1}
-    assert all(server.core.version(j) == 0 for j in server.store.blocks)
+    assert all(server.core.version(j) == 0 for j in server.blockstore.blocks)
     log = Path(server.spec.run_dir) / "events" / "server-0.jsonl"
     server.log.flush()
     assert log.read_text().count('"reject"') == 5
@@ -81,10 +81,10 @@ def test_bsp_round_updates_and_answers_parked_pulls(served) -> None:
     assert exchange(b"w0", encode("pull", w=0, j=0, want=-1, clock=0), expect_reply=True)["v"] == 0
     exchange(b"w0", encode("pull", w=0, j=0, want=0, clock=1))  # parked: nothing newer yet
     exchange(b"w0", encode("push", torch.ones(block.size), w=0, j=0, base=0, step=0))
-    before = server.store.snapshot(0).clone()
+    before = server.blockstore.snapshot(0).clone()
     reply = exchange(b"w1", encode("push", torch.ones(block.size), w=1, j=0, base=0, step=0))
     assert reply is None and server.core.version(0) == 1
-    assert not torch.equal(server.store.snapshot(0), before), "the optimizer did not step"
+    assert not torch.equal(server.blockstore.snapshot(0), before), "the optimizer did not step"
     # the parked pull of worker 0 was answered with version 1 on w0's socket
     peek = exchange(b"evaluator", encode("peek", j=0), expect_reply=True)
-    assert peek["v"] == 1 and torch.equal(peek.payload, server.store.snapshot(0))
+    assert peek["v"] == 1 and torch.equal(peek.payload, server.blockstore.snapshot(0))

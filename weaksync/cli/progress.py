@@ -33,7 +33,7 @@ class LiveProgress:
 
     def update(self, progress: dict[str, Any]) -> None:
         table = Table(box=None, header_style="bold")
-        for col in ("worker", "step", "steps/s", "compute ms", "stale replies"):
+        for col in ("worker", "step", "steps/s", "compute ms", "stale blocks/step"):
             table.add_column(col, justify="right")
         total = self.config.train.steps
         for w, p in sorted(progress.get("workers", {}).items()):
@@ -43,12 +43,19 @@ class LiveProgress:
             self.previous[w] = (p["t"], p["step"])
             compute = f"{p['compute'] * 1000:.1f}" if p.get("compute") else "-"
             rate = f"{self.rates[w]:.1f}" if w in self.rates else "-"
-            table.add_row(str(w), f"{p['step']}/{total}", rate, compute, str(p.get("stale", 0)))
+            table.add_row(str(w), f"{p['step']}/{total}", rate, compute, f"{p.get('stale_blocks', 0):.2f}")
+        servers = progress.get("servers", {}).values()
+        drops: dict[str, int] = {}
+        for s in servers:
+            for reason, count in s["drops"].items():
+                drops[reason] = drops.get(reason, 0) + count
+        updates = sum(s["updates"] for s in servers)
         acc = progress.get("eval", {}).get("accuracy")
         head = Text(
             f"{self.config.sync.mode}  N={self.config.cluster.workers} S={self.config.cluster.servers}  "
             f"elapsed {time.monotonic() - self.started:.0f}s  "
-            f"test accuracy {'-' if acc is None else f'{acc:.3f}'}"
+            f"test accuracy {'-' if acc is None else f'{acc:.3f}'}  block updates {updates}  "
+            f"dropped {sum(drops.values())} {drops if drops else ''}"
         )
         self.live.update(Group(head, table))
 

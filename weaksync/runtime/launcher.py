@@ -218,6 +218,10 @@ class LocalCluster:
             key = f"progress/worker/{w}"
             if self.prefixed.check([key]):
                 out["workers"][w] = json.loads(self.prefixed.get(key))
+        for s in range(self.config.cluster.servers):
+            key = f"progress/server/{s}"
+            if self.prefixed.check([key]):
+                out.setdefault("servers", {})[s] = json.loads(self.prefixed.get(key))
         if self.prefixed.check(["progress/eval"]):
             out["eval"] = json.loads(self.prefixed.get("progress/eval"))
         return out

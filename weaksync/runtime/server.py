@@ -12,6 +12,7 @@ from collections import Counter
 
 import torch
 import zmq
+from torch.distributed import Store
 
 from ..core.actions import Accept, Apply, Drop, Send
 from ..core.layout import BlockLayout
@@ -22,7 +23,7 @@ from ..transport.sockets import bind_router
 from .eventlog import EventLog
 from .flat import FlatModel, model_layout
 from .resources import peak_rss_bytes, write_json
-from .spec import RoleSpec, connect_store, install_stop_handlers, watch_parent
+from .spec import RoleSpec, connect_store, install_stop_handlers, store_set_json, watch_parent
 
 LAUNCHER = b"launcher"
 EVALUATOR = b"evaluator"
@@ -49,7 +50,7 @@ class Server:
         self.core = ServerCore(self.policy, [b.index for b in self.layout.blocks_of(spec.rank)])
         from .blockstore import BlockStore
 
-        self.store = BlockStore(
+        self.blockstore = BlockStore(
             self.layout,
             spec.rank,
             theta0,
@@ -68,12 +69,14 @@ class Server:
         self.pull_msgs = 0
         self.push_msgs = 0
         self.stop_requested = False
+        self.kv: Store | None = None  # the run's TCPStore, once connected
 
     def serve(self, sock: zmq.Socket) -> None:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         hb = self.spec.config.timeouts
         all_gone_since: float | None = None
+        last_publish = 0.0
         while not self.stop_requested:
             now = time.monotonic()
             deadline = self.core.next_deadline()
@@ -86,6 +89,9 @@ class Server:
                         break
                     self.handle(sock, frames)
             now = time.monotonic()
+            if self.kv is not None and now - last_publish > 1.0:
+                self.publish_progress()
+                last_publish = now
             self.perform(sock, self.core.on_timer(now))
             self.expire_silent(sock, now)
             if self.core.live or not self.registered:
@@ -118,7 +124,7 @@ class Server:
         if kind == "push":
             self.push_msgs += 1
             self.push_bytes += msg.payload.nbytes if msg.payload is not None else 0
-            block = self.store.blocks.get(msg["j"])
+            block = self.blockstore.blocks.get(msg["j"])
             problem = payload_problem(msg.payload, block.size) if block else None
             actions = self.core.on_push(msg["w"], msg["j"], msg["base"], msg["step"], now, problem)
             if problem:
@@ -137,7 +143,7 @@ class Server:
             self.perform(sock, self.core.worker_left(msg["w"]))
         elif kind == "peek" and identity == EVALUATOR:
             j = msg["j"]
-            if j in self.store.blocks:
+            if j in self.blockstore.blocks:
                 self.send_block(sock, identity, j, self.core.version(j))
         elif kind == "stop" and identity in (LAUNCHER, EVALUATOR):
             self.stop_requested = True
@@ -170,11 +176,11 @@ class Server:
     def perform(self, sock: zmq.Socket, actions: list, msg: Message | None = None) -> None:
         for action in actions:
             if isinstance(action, Accept):
-                self.store.accept(action, msg.payload)
+                self.blockstore.accept(action, msg.payload)
             elif isinstance(action, Send):
                 self.send_block(sock, worker_identity(action.worker), action.block, action.version)
             elif isinstance(action, Apply):
-                self.store.apply(action)
+                self.blockstore.apply(action)
                 self.log.write(
                     "update",
                     s=self.spec.rank,
@@ -196,7 +202,7 @@ class Server:
                 )
 
     def send_block(self, sock: zmq.Socket, identity: bytes, block: int, version: int) -> None:
-        payload = self.store.snapshot(block)
+        payload = self.blockstore.snapshot(block)
         try:
             sock.send_multipart([identity, *encode("block", payload, j=block, v=version)], copy=False)
         except zmq.ZMQError:  # the peer is gone (ROUTER_MANDATORY); the heartbeat check handles it
@@ -218,13 +224,18 @@ class Server:
                 self.perform(sock, self.core.worker_left(worker))
                 del self.last_seen[worker]
 
+    def publish_progress(self) -> None:
+        """Counters for the live display: updates and dropped contributions by reason."""
+        store_set_json(self.kv, f"progress/server/{self.spec.rank}",
+                       {"updates": self.core.updates, "drops": dict(self.core.drops), "t": time.time()})
+
     def summary(self) -> dict:
         return {
             "role": "server",
             "id": self.spec.rank,
             "pid": os.getpid(),
-            "blocks": sorted(self.store.blocks),
-            "versions": {j: self.core.version(j) for j in self.store.blocks},
+            "blocks": sorted(self.blockstore.blocks),
+            "versions": {j: self.core.version(j) for j in self.blockstore.blocks},
             "updates": self.core.updates,
             "accepted": sum(self.core.accepted.values()),
             "accepted_by_worker": dict(self.core.accepted),
@@ -236,7 +247,7 @@ class Server:
             "pull_msgs": self.pull_msgs,
             "reply_msgs": self.replies,
             "reply_bytes": self.reply_bytes,
-            "state_bytes": self.store.nbytes(),
+            "state_bytes": self.blockstore.nbytes(),
             "peak_rss_bytes": peak_rss_bytes(),
         }
 
@@ -248,12 +259,13 @@ def run_server(spec: RoleSpec) -> None:
     torch.set_num_threads(spec.config.train.threads)
     server = Server(spec)
     store = connect_store(spec)
+    server.kv = store
     ctx = zmq.Context()
     sock, endpoint = bind_router(ctx, spec.config.cluster.host)
     try:
         store.set(f"server/{spec.rank}", endpoint)
         store.set(f"layout/{spec.rank}", server.layout.digest)
-        server.log.write("start", s=spec.rank, pid=os.getpid(), endpoint=endpoint, blocks=sorted(server.store.blocks))
+        server.log.write("start", s=spec.rank, pid=os.getpid(), endpoint=endpoint, blocks=sorted(server.blockstore.blocks))
         server.log.flush()
         server.serve(sock)
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,7 +60,8 @@ class Worker:
         self.identity = f"w{self.id}".encode()
         self.socks: list[zmq.Socket] = []
         self.step_times: list[float] = []
-        self.store: Store | None = None  # set once connected; progress goes there for live display
+        self.recent_stale: deque[int] = deque(maxlen=20)
+        self.kv: Store | None = None  # set once connected; progress goes there for live display
 
     # -- connection ----------------------------------------------------------------------------------
 
@@ -144,6 +146,7 @@ class Worker:
         self.traffic.push_msgs += len(pushes)
         self.traffic.push_bytes += push_bytes
         self.step_times.append(t1 - t0)
+        self.recent_stale.append(len(plan.stale))
         stale = sorted(plan.stale)
         self.log.write(
             "step",
@@ -203,16 +206,16 @@ class Worker:
         self.log.write("reject", w=self.id, reason=reason)
 
     def publish_progress(self) -> None:
-        if self.store is not None:
+        if self.kv is not None:
             recent = self.step_times[-20:]
             store_set_json(
-                self.store,
+                self.kv,
                 f"progress/worker/{self.id}",
                 {
                     "step": self.core.step,
                     "t": time.time(),
                     "compute": float(np.mean(recent)) if recent else None,
-                    "stale": self.core.ignored_replies,
+                    "stale_blocks": float(np.mean(self.recent_stale)) if self.recent_stale else 0.0,
                 },
             )
 
@@ -256,7 +259,7 @@ def run_worker(spec: RoleSpec) -> None:
     torch.set_num_threads(spec.config.train.threads)
     worker = Worker(spec)
     store = connect_store(spec)
-    worker.store = store
+    worker.kv = store
     endpoints = [store.get(f"server/{s}").decode() for s in range(spec.config.cluster.servers)]
     ctx = zmq.Context()
     stop = threading.Event()
