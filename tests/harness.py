@@ -11,6 +11,10 @@ next event among everything that could happen now:
 * jump virtual time to one of the pending deadlines (push deadlines of servers, pull deadlines of
   workers), after which every server's ``on_timer`` runs.
 
+A worker that did its steps (or stops early) says "bye" after its last pushes, like the runtime; a
+crash is announced by a launcher notice on a channel of its own, which may overtake the worker's
+messages still in flight (their pushes are then dropped as "left").
+
 Every event is checked against DESIGN.md §2 as it happens (see ``InvariantViolation``): exact quorum,
 averages over exactly the accepted contributions, no contribution applied twice, staleness bound,
 versions only grow, pulls answered only with something newer, ready() rules of the worker. A run ends
@@ -24,8 +28,9 @@ from __future__ import annotations
 
 import random
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 from weaksync.core import (
     Accept,
@@ -160,6 +165,35 @@ def block_owners(num_blocks: int, num_servers: int, elements_per_block: int = 7)
 Node = str  # "w3", "s1", "launcher"
 
 
+def parse_script(text: str) -> list[tuple]:
+    """Events from a compact script: "w0>s1" / "s1>w0" / "launcher>s0" deliver the head of that channel,
+    "step2" is ("begin", 2) (a whole step when split_steps is off), "end2" ends it, "tick@3.5" jumps time."""
+    events: list[tuple] = []
+    for token in text.split():
+        if ">" in token:
+            src, dst = token.split(">")
+            events.append(("deliver", (src, dst)))
+        elif token.startswith("step"):
+            events.append(("begin", int(token[4:])))
+        elif token.startswith("end"):
+            events.append(("end", int(token[3:])))
+        elif token.startswith("tick@"):
+            events.append(("tick", float(token[5:])))
+        else:
+            raise ValueError(f"unknown script token {token!r}")
+    return events
+
+
+def _normalise(event: Sequence) -> tuple:
+    """Scripts may spell a delivery ("deliver", "w0", "s1") or ("deliver", ("w0", "s1"))."""
+    event = tuple(event)
+    if event[0] == "deliver" and len(event) == 3:
+        return ("deliver", (event[1], event[2]))
+    if event[0] == "deliver":
+        return ("deliver", tuple(event[1]))
+    return event
+
+
 class Harness:
     """Drive N WorkerCores and S ServerCores to completion under a random event order."""
 
@@ -190,6 +224,7 @@ class Harness:
         self.now = 0.0
         self.events = 0
         self.trace: deque[str] = deque(maxlen=trace_len)
+        self.history: list[tuple] = []
 
         self.servers = [
             ServerCore(policy, [j for j, s in enumerate(owners) if s == srv]) for srv in range(self.num_servers)
@@ -229,23 +264,37 @@ class Harness:
 
     # -- public --------------------------------------------------------------------------------------
 
-    def run(self) -> "Harness":
-        """Play events until every worker finished and every channel drained; returns self."""
+    def run(self) -> Harness:
+        """Play random events until every worker finished and every channel drained; returns self."""
         while True:
-            enabled = self._enabled()
+            enabled = self.enabled()
             if not enabled:
-                if all(self._finished(w) for w in range(len(self.workers))):
+                if self.finished():
                     break
                 raise Deadlock(f"no event can happen at t={self.now}\n{self.describe()}")
             if self.events >= self.max_events:
                 raise Deadlock(f"no end after {self.events} events (livelock?)\n{self.describe()}")
-            self.events += 1
-            self._do(self.rng.choice(enabled))
+            self.do(self.rng.choice(enabled))
         self._final_checks()
         return self
 
-    def completed(self, worker: int) -> int:
-        return self.workers[worker].step
+    def replay(self, script: Sequence[tuple] | str) -> Harness:
+        """Play a scripted sequence of events (as in `history`, or `parse_script` text); each must be
+        enabled when its turn comes."""
+        for event in parse_script(script) if isinstance(script, str) else script:
+            event = _normalise(event)
+            if event not in self.enabled():
+                raise ValueError(f"scripted event {event} cannot happen now\n{self.describe()}")
+            self.do(event)
+        return self
+
+    def finished(self) -> bool:
+        """Every worker stopped and no message is in flight."""
+        return len(self.departed) == len(self.workers) and not any(self.channels.values())
+
+    def stuck(self) -> bool:
+        """Nothing can happen, yet the run is not over: a deadlock."""
+        return not self.enabled() and not self.finished()
 
     def describe(self) -> str:
         """State of every core and the recent trace, for failure messages."""
@@ -271,10 +320,8 @@ class Harness:
 
     # -- scheduling ----------------------------------------------------------------------------------
 
-    def _finished(self, worker: int) -> bool:
-        return worker in self.departed
-
-    def _enabled(self) -> list[tuple]:
+    def enabled(self) -> list[tuple]:
+        """Every event that could happen now: ("deliver", (src, dst)), ("begin", w), ("end", w), ("tick", t)."""
         events: list[tuple] = [("deliver", key) for key, q in self.channels.items() if q]
         for w, core in enumerate(self.workers):
             if w in self.departed:
@@ -283,8 +330,7 @@ class Harness:
                 events.append(("end", w))
             elif core.ready(self.now):
                 events.append(("begin", w))
-        if self._future_deadlines():
-            events.append(("tick",))
+        events += [("tick", t) for t in self._future_deadlines()]
         return events
 
     def _future_deadlines(self) -> list[float]:
@@ -297,7 +343,10 @@ class Harness:
                 times.append(d)
         return sorted(set(times))
 
-    def _do(self, event: tuple) -> None:
+    def do(self, event: tuple) -> None:
+        """Perform one event (see `enabled`) and record it in `history`."""
+        self.events += 1
+        self.history.append(event)
         kind = event[0]
         if kind == "deliver":
             src, dst = event[1]
@@ -314,7 +363,7 @@ class Harness:
         elif kind == "end":
             self._end(event[1])
         else:
-            self.now = self.rng.choice(self._future_deadlines())
+            self.now = event[1]
             self.trace.append(f"t={self.now:g} tick")
             for s, core in enumerate(self.servers):
                 self._server_actions(s, core.on_timer(self.now))
@@ -341,8 +390,10 @@ class Harness:
         before = core.versions[msg.block]
         self._check(msg.block in core.outstanding, f"w{w} got block {msg.block} it had not asked for")
         fresh = core.on_block(msg.block, msg.version)
-        self._check(fresh == (msg.version > before), f"w{w} on_block({msg.block}, v{msg.version}) over v{before} -> {fresh}")
-        self._check(core.versions[msg.block] == max(before, msg.version), f"w{w} local version of {msg.block} went back")
+        self._check(fresh == (msg.version > before),
+                    f"w{w} on_block({msg.block}, v{msg.version}) over v{before} -> {fresh}")
+        self._check(core.versions[msg.block] == max(before, msg.version),
+                    f"w{w} local version of {msg.block} went back")
         self._check(msg.block not in core.outstanding, f"w{w} still waits for {msg.block} after its reply")
         if fresh:
             self.hooks.install(w, msg.block, msg.payload)
@@ -353,14 +404,16 @@ class Harness:
         core, p = self.workers[w], self.policy
         versions, refreshed, deadline = tuple(core.versions), frozenset(core.refreshed), core.deadline()
         plan = core.begin_step(self.now)
-        self.trace.append(f"t={self.now:g} w{w} begin step {plan.step} versions={plan.versions} fresh={sorted(plan.fresh)}")
+        self.trace.append(f"t={self.now:g} w{w} begin step {plan.step} versions={plan.versions} "
+                          f"fresh={sorted(plan.fresh)}")
         self._check(plan.step == len(self.plans[w]), f"w{w} plan step {plan.step} after {len(self.plans[w])} plans")
         self._check(plan.versions == versions and plan.fresh == refreshed, f"w{w} plan {plan} is not its local state")
         self._check(min(versions) >= 0, f"w{w} computed before its first full pull")
         if p.wait_for_pull and plan.step > 0:
             by_deadline = deadline is not None and self.now >= deadline and len(refreshed) >= 1
             self._check(len(refreshed) >= p.b or by_deadline,
-                        f"w{w} began step {plan.step} with {len(refreshed)} < b={p.b} fresh blocks, before its deadline")
+                        f"w{w} began step {plan.step} with {len(refreshed)} < b={p.b} fresh blocks, "
+                        "before its deadline")
         if p.ssp_slack is not None and p.b == p.num_blocks and p.pull_deadline is None and p.wait_for_pull:
             # a reply that arrives mid-step counts for the next step but answers a pull sent one clock
             # earlier, so an interleaved (threaded) driver may run one step further ahead
@@ -408,7 +461,8 @@ class Harness:
                 self.channels[(f"w{w}", f"s{s}")].append(ByeMsg(w))
         if crash:
             self.crashed.add(w)
-        self.trace.append(f"t={self.now:g} w{w} {'crashes' if crash else 'says bye'} after {self.workers[w].step} steps")
+        how = "crashes" if crash else "says bye"
+        self.trace.append(f"t={self.now:g} w{w} {how} after {self.workers[w].step} steps")
 
     # -- servers -------------------------------------------------------------------------------------
 

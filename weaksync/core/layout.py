@@ -95,7 +95,10 @@ def resolve_num_blocks(requested: int | None, total: int, num_servers: int, targ
     if requested is not None:
         return requested
     by_size = math.ceil(total * 4 / target_bytes)
-    return max(1, min(total, max(2 * num_servers, by_size)))
+    blocks = max(1, min(total, max(2 * num_servers, by_size)))
+    while blocks > num_servers and math.ceil(total / blocks) * (blocks - 1) >= total:
+        blocks -= 1  # equal-size cuts would leave the last block empty
+    return blocks
 
 
 def build_layout(tensors: Sequence[TensorSpec], num_blocks: int, num_servers: int) -> BlockLayout:

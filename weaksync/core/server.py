@@ -63,7 +63,10 @@ class ServerCore:
         version = state.version if state else -1
         reason = self._push_problem(worker, block, base, state, problem)
         if reason is not None:
-            return [self._drop(worker, block, base, version, reason)]
+            actions: list[ServerAction] = [self._drop(worker, block, base, version, reason)]
+            if self.policy.ssp_slack is not None and reason in ("stale", "duplicate", "malformed"):
+                actions += self._advance_clock(worker, step + 1)  # unused, but the worker did finish the step
+            return actions
         assert state is not None
         staleness = version - base
         weight = 1.0 / (1 + staleness) if self.policy.weighting == "inverse" else 1.0
@@ -71,7 +74,7 @@ class ServerCore:
             state.round_deadline = now + self.policy.push_deadline
         state.contributors[worker] = (base, weight, step)
         self.accepted[worker] += 1
-        actions: list[ServerAction] = [Accept(worker, block, base, version, weight)]
+        actions = [Accept(worker, block, base, version, weight)]
         if len(state.contributors) >= self.quorum(block):
             actions += self._apply(block, state, by_deadline=False)
         if self.policy.ssp_slack is not None:
@@ -120,7 +123,7 @@ class ServerCore:
         """A (re)started worker takes part again from the slowest clock, so SSP does not wait for it."""
         if 0 <= worker < self.policy.num_workers and worker not in self.live:
             self.live.add(worker)
-            self.clocks[worker] = max((self.clocks[w] for w in self.live if w != worker), default=0)
+            self.clocks[worker] = min((self.clocks[w] for w in self.live if w != worker), default=0)
 
     # -- rules ---------------------------------------------------------------------------------------
 
