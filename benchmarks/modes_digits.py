@@ -41,17 +41,23 @@ def main() -> None:
     def fmt(value: float | None, pattern: str) -> str:
         return "not reached" if value is None else pattern.format(value)
 
-    print("\n| mode | final accuracy | time to 95 % (s) | training (s) | worker steps/s | wall, launch to exit (s) "
-          "| dropped / accepted |")
+    print(
+        "\n| mode | final accuracy | time to 95 % (s) | training (s) | worker steps/s | wall, launch to exit (s) "
+        "| dropped / accepted |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for mode in args.modes:
         drops = statistics.median(r["contributions"]["dropped"] for r in rows[mode])
         accepted = statistics.median(r["contributions"]["accepted"] for r in rows[mode])
-        print(f"| {mode} | {fmt(med(mode, 'final_accuracy'), '{:.3f}')} | {fmt(med(mode, 'time_to_accuracy'), '{:.2f}')} "
-              f"| {fmt(med(mode, 'train_seconds'), '{:.2f}')} | {fmt(med(mode, 'steps_per_s'), '{:.0f}')} "
-              f"| {fmt(med(mode, 'wall'), '{:.1f}')} | {drops:.0f} / {accepted:.0f} |")
-    print(f"\n{args.repeats} repeats, median; min final accuracy per mode: "
-          + ", ".join(f"{m} {min(r['final_accuracy'] for r in rows[m]):.3f}" for m in args.modes))
+        print(
+            f"| {mode} | {fmt(med(mode, 'final_accuracy'), '{:.3f}')} | {fmt(med(mode, 'time_to_accuracy'), '{:.2f}')} "
+            f"| {fmt(med(mode, 'train_seconds'), '{:.2f}')} | {fmt(med(mode, 'steps_per_s'), '{:.0f}')} "
+            f"| {fmt(med(mode, 'wall'), '{:.1f}')} | {drops:.0f} / {accepted:.0f} |"
+        )
+    print(
+        f"\n{args.repeats} repeats, median; min final accuracy per mode: "
+        + ", ".join(f"{m} {min(r['final_accuracy'] for r in rows[m]):.3f}" for m in args.modes)
+    )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ the policy now refuses those configurations.
 from __future__ import annotations
 
 import pytest
-from harness import Deadlock, Harness, Scenario, Stop, parse_script
+from harness import Harness, Scenario, Stop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

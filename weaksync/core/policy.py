@@ -53,12 +53,14 @@ class SyncPolicy:
         if self.ssp_slack is not None and self.ssp_slack < 0:
             raise ValueError(f"ssp_slack={self.ssp_slack} must be >= 0")
         if self.ssp_slack is not None and self.k > 1:
-            raise ValueError(f"k={self.k}: ssp applies every gradient on arrival (k = 1); use partial or backup for a quorum")
+            raise ValueError(
+                f"k={self.k}: ssp applies every gradient on arrival (k = 1); use partial or backup for a quorum"
+            )
         no_deadline = self.push_deadline is None and self.pull_deadline is None
         if self.b < self.num_blocks and self.tau == 0 and no_deadline:
             raise ValueError(
-                f"tau=0 with b={self.b} < B={self.num_blocks} can deadlock (a gradient computed on a stale block is never "
-                "accepted): use tau >= 1 or set a push/pull deadline"
+                f"tau=0 with b={self.b} < B={self.num_blocks} can deadlock (a gradient computed on a stale block "
+                "is never accepted): use tau >= 1 or set a push/pull deadline"
             )
 
     def accepts(self, block_version: int, base_version: int) -> bool:

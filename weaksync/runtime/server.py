@@ -226,8 +226,11 @@ class Server:
 
     def publish_progress(self) -> None:
         """Counters for the live display: updates and dropped contributions by reason."""
-        store_set_json(self.kv, f"progress/server/{self.spec.rank}",
-                       {"updates": self.core.updates, "drops": dict(self.core.drops), "t": time.time()})
+        store_set_json(
+            self.kv,
+            f"progress/server/{self.spec.rank}",
+            {"updates": self.core.updates, "drops": dict(self.core.drops), "t": time.time()},
+        )
 
     def summary(self) -> dict:
         return {
@@ -265,7 +268,9 @@ def run_server(spec: RoleSpec) -> None:
     try:
         store.set(f"server/{spec.rank}", endpoint)
         store.set(f"layout/{spec.rank}", server.layout.digest)
-        server.log.write("start", s=spec.rank, pid=os.getpid(), endpoint=endpoint, blocks=sorted(server.blockstore.blocks))
+        server.log.write(
+            "start", s=spec.rank, pid=os.getpid(), endpoint=endpoint, blocks=sorted(server.blockstore.blocks)
+        )
         server.log.flush()
         server.serve(sock)
     except KeyboardInterrupt:
