@@ -73,3 +73,49 @@ def test_python_api_example_trains_a_custom_model(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     accuracy = float(result.stdout.split("final accuracy ")[1].split(",")[0])
     assert accuracy >= 0.9
+
+
+def test_torchrun_servers_and_workers_as_two_launches(tmp_path: Path) -> None:
+    """The recommended multi-host layout: a worker launch can fail and restart without touching servers."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"cluster: {{workers: 2, servers: 1}}\ntrain: {{steps: 100, eval_interval: 0.5}}\n"
+        f"run: {{out_dir: '{tmp_path / 'runs'}'}}\n"
+    )
+
+    def launch(role: str, nproc: int) -> subprocess.Popen:
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            str(nproc),
+            "--max-restarts",
+            "0",
+            "-m",
+            "weaksync.runtime.torchrun",
+            "--config",
+            str(config),
+            "--role",
+            role,
+            "--store",
+            f"127.0.0.1:{port}",
+            "--run-id",
+            "two",
+        ]
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    servers = launch("server", 1)
+    workers = launch("worker", 2)
+    _, werr = workers.communicate(timeout=240)
+    _, serr = servers.communicate(timeout=120)
+    assert workers.returncode == 0, werr[-3000:]
+    assert servers.returncode == 0, serr[-3000:]
+    summary = json.loads((tmp_path / "runs" / "two" / "summary.json").read_text())
+    assert summary["worker_status"] == {"0": "done", "1": "done"} and summary["steps"] == 200
