@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,31 +14,25 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_torchrun_one_launch_trains(tmp_path: Path) -> None:
+def torchrun(nproc: int, *args: str) -> list[str]:
+    """A one-host torchrun command line for the weaksync entry."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+            "--max-restarts", "0", "-m", "weaksync.runtime.torchrun", *args]  # fmt: skip
+
+
+def write_config(tmp_path: Path, workers: int, servers: int, steps: int) -> Path:
     config = tmp_path / "run.yaml"
     config.write_text(
-        f"cluster: {{workers: 3, servers: 1}}\ntrain: {{steps: 120, eval_interval: 0.5}}\n"
+        f"cluster: {{workers: {workers}, servers: {servers}}}\ntrain: {{steps: {steps}, eval_interval: 0.5}}\n"
         f"run: {{out_dir: '{tmp_path / 'runs'}'}}\n"
     )
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nnodes",
-        "1",
-        "--nproc-per-node",
-        "4",
-        "--max-restarts",
-        "0",
-        "-m",
-        "weaksync.runtime.torchrun",
-        "--config",
-        str(config),
-        "--run-id",
-        "tr",
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    return config
+
+
+def test_torchrun_one_launch_trains(tmp_path: Path) -> None:
+    config = write_config(tmp_path, workers=3, servers=1, steps=120)
+    result = subprocess.run(torchrun(4, "--config", str(config), "--run-id", "tr"), capture_output=True, text=True,
+                            timeout=240)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "runs" / "tr" / "summary.json").read_text())
     assert summary["worker_status"] == {"0": "done", "1": "done", "2": "done"}
@@ -46,70 +41,22 @@ def test_torchrun_one_launch_trains(tmp_path: Path) -> None:
 
 
 def test_torchrun_world_size_mismatch_is_one_line(tmp_path: Path) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nnodes",
-        "1",
-        "--nproc-per-node",
-        "2",
-        "--max-restarts",
-        "0",
-        "-m",
-        "weaksync.runtime.torchrun",
-        "--set",
-        f"run.out_dir={tmp_path}",
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    result = subprocess.run(torchrun(2, "--set", f"run.out_dir={tmp_path}"), capture_output=True, text=True,
+                            timeout=240)  # fmt: skip
     assert result.returncode != 0
     assert "torchrun started 2 processes but cluster.servers + cluster.workers = 6" in result.stderr
 
 
-def test_python_api_example_trains_a_custom_model(tmp_path: Path) -> None:
-    cmd = [sys.executable, str(ROOT / "examples" / "custom_model.py"), "--steps", "150", "--out-dir", str(tmp_path)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    accuracy = float(result.stdout.split("final accuracy ")[1].split(",")[0])
-    assert accuracy >= 0.9
-
-
 def test_torchrun_servers_and_workers_as_two_launches(tmp_path: Path) -> None:
     """The recommended multi-host layout: a worker launch can fail and restart without touching servers."""
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = tmp_path / "run.yaml"
-    config.write_text(
-        f"cluster: {{workers: 2, servers: 1}}\ntrain: {{steps: 100, eval_interval: 0.5}}\n"
-        f"run: {{out_dir: '{tmp_path / 'runs'}'}}\n"
-    )
+    config = write_config(tmp_path, workers=2, servers=1, steps=100)
 
     def launch(role: str, nproc: int) -> subprocess.Popen:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            str(nproc),
-            "--max-restarts",
-            "0",
-            "-m",
-            "weaksync.runtime.torchrun",
-            "--config",
-            str(config),
-            "--role",
-            role,
-            "--store",
-            f"127.0.0.1:{port}",
-            "--run-id",
-            "two",
-        ]
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        args = ["--config", str(config), "--role", role, "--store", f"127.0.0.1:{port}", "--run-id", "two"]
+        return subprocess.Popen(torchrun(nproc, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     servers = launch("server", 1)
     workers = launch("worker", 2)
@@ -119,3 +66,11 @@ def test_torchrun_servers_and_workers_as_two_launches(tmp_path: Path) -> None:
     assert servers.returncode == 0, serr[-3000:]
     summary = json.loads((tmp_path / "runs" / "two" / "summary.json").read_text())
     assert summary["worker_status"] == {"0": "done", "1": "done"} and summary["steps"] == 200
+
+
+def test_python_api_example_trains_a_custom_model(tmp_path: Path) -> None:
+    cmd = [sys.executable, str(ROOT / "examples" / "custom_model.py"), "--steps", "150", "--out-dir", str(tmp_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    accuracy = float(result.stdout.split("final accuracy ")[1].split(",")[0])
+    assert accuracy >= 0.9
