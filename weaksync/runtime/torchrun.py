@@ -33,8 +33,9 @@ def _env_int(name: str) -> int:
     return int(value)
 
 
-def assign_role(role: str, rank: int, world: int, config: Config) -> tuple[str, int]:
-    """(role, id within the role) for a global rank of this launch."""
+def assign_role(role: str, rank: int, world: int, config: Config, first_id: int = 0) -> tuple[str, int]:
+    """(role, id within the role) for a global rank of this launch; `first_id` offsets the ids when one
+    role is spread over several launches (e.g. one worker launch per host)."""
     servers, workers = config.cluster.servers, config.cluster.workers
     if role == "auto":
         if world != servers + workers:
@@ -44,9 +45,13 @@ def assign_role(role: str, rank: int, world: int, config: Config) -> tuple[str, 
             )
         return ("server", rank) if rank < servers else ("worker", rank - servers)
     limit = servers if role == "server" else workers
-    if world != limit:
+    if first_id == 0 and world != limit:
         raise ConfigError(f"--role {role} launch has {world} processes but cluster.{role}s = {limit}: make them equal")
-    return role, rank
+    if first_id + world > limit:
+        raise ConfigError(
+            f"--first-id {first_id} + {world} processes exceeds cluster.{role}s = {limit}: lower --first-id"
+        )
+    return role, first_id + rank
 
 
 def store_address(args: argparse.Namespace, role: str, rank: int, timeout: float) -> tuple[str, int, Any]:
@@ -84,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--role", choices=("auto", "server", "worker"), default="auto")
     parser.add_argument("--store", help="HOST:PORT of the run's store when servers and workers are separate launches")
     parser.add_argument("--run-id", help="run directory name and store prefix (default: TORCHELASTIC_RUN_ID)")
+    parser.add_argument("--first-id", type=int, default=0, help="id of this launch's rank 0 within its role")
     parser.add_argument("--set", action="append", default=[], help="section.field=value")
     args = parser.parse_args(argv)
     try:
@@ -91,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
 
         config = load_config(args.config, _set_pairs(args.set))
         rank, world = _env_int("RANK"), _env_int("WORLD_SIZE")
-        role, rid = assign_role(args.role, rank, world, config)
+        if args.first_id and args.role == "auto":
+            raise ConfigError("--first-id needs --role server or --role worker")
+        role, rid = assign_role(args.role, rank, world, config, args.first_id)
         host, port, keep_store = store_address(args, role, rid, config.timeouts.connect)
     except ConfigError as exc:
         print(f"weaksync: error: {exc}", file=sys.stderr)
