@@ -33,7 +33,7 @@ def _env_int(name: str) -> int:
     return int(value)
 
 
-def assign_role(role: str, rank: int, world: int, config: Config, first_id: int = 0) -> tuple[str, int]:
+def assign_role(role: str, rank: int, world: int, config: Config, first_id: int | None = None) -> tuple[str, int]:
     """(role, id within the role) for a global rank of this launch; `first_id` offsets the ids when one
     role is spread over several launches (e.g. one worker launch per host)."""
     servers, workers = config.cluster.servers, config.cluster.workers
@@ -45,7 +45,9 @@ def assign_role(role: str, rank: int, world: int, config: Config, first_id: int 
             )
         return ("server", rank) if rank < servers else ("worker", rank - servers)
     limit = servers if role == "server" else workers
-    if first_id == 0 and world != limit:
+    if first_id is None:
+        if world == limit:
+            return role, rank
         raise ConfigError(f"--role {role} launch has {world} processes but cluster.{role}s = {limit}: make them equal")
     if first_id + world > limit:
         raise ConfigError(
@@ -89,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--role", choices=("auto", "server", "worker"), default="auto")
     parser.add_argument("--store", help="HOST:PORT of the run's store when servers and workers are separate launches")
     parser.add_argument("--run-id", help="run directory name and store prefix (default: TORCHELASTIC_RUN_ID)")
-    parser.add_argument("--first-id", type=int, default=0, help="id of this launch's rank 0 within its role")
+    parser.add_argument(
+        "--first-id",
+        type=int,
+        help="id of this launch's rank 0 within its role (default: the launch holds the whole role)",
+    )
     parser.add_argument("--set", action="append", default=[], help="section.field=value")
     args = parser.parse_args(argv)
     try:
@@ -97,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
         config = load_config(args.config, _set_pairs(args.set))
         rank, world = _env_int("RANK"), _env_int("WORLD_SIZE")
-        if args.first_id and args.role == "auto":
+        if args.first_id is not None and args.role == "auto":
             raise ConfigError("--first-id needs --role server or --role worker")
         role, rid = assign_role(args.role, rank, world, config, args.first_id)
         host, port, keep_store = store_address(args, role, rid, config.timeouts.connect)
