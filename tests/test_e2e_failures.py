@@ -84,9 +84,10 @@ def test_killed_worker_with_continue_lets_the_others_finish(tmp_path: Path) -> N
     os.kill(pid, signal.SIGKILL)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    for w in (0, 1, 3):  # bsp goes on with the three live workers
-        assert _step_count(run_dir, f"worker-{w}") == 400
-    assert _step_count(run_dir, "worker-2") < 400
+    counts = {w: _step_count(run_dir, f"worker-{w}") for w in range(4)}
+    assert counts[2] < 400
+    assert all(counts[w] > 400 for w in (0, 1, 3)), counts  # bsp goes on with three, and makes up the steps
+    assert sum(counts.values()) >= 4 * 400
     wait_for(lambda: not session_processes(proc.pid), 15, "every process of the run to exit")
 
 

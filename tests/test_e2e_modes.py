@@ -38,10 +38,10 @@ def test_mode_trains_and_obeys_thresholds(tmp_path: Path, mode: str) -> None:
     s, run_dir = result.summary, result.run_dir
     assert s["final_accuracy"] >= 0.8, s["final_accuracy"]
     assert s["worker_status"] == {str(w): "done" for w in range(4)}
-    assert s["steps"] == 4 * 160
+    assert 4 * 160 <= s["steps"] <= 4 * 160 + 4 * 2  # the budget; a step in flight may finish
     assert all(not _alive(pid) for pid in _pids(run_dir)), "a process outlived the run"
     assert (run_dir / "config.yaml").exists() and s["evaluations"] >= 1
-    assert s["traffic"]["push_msgs"] == 4 * 160 * s["num_blocks"]
+    assert s["traffic"]["push_msgs"] == s["steps"] * s["num_blocks"]
 
     first_end = min(e["t"] for w in range(4) for e in events(run_dir, f"worker-{w}") if e["ev"] == "end")
     updates = [e for n in ("server-0", "server-1") for e in events(run_dir, n) if e["ev"] == "update"]

@@ -12,6 +12,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .core.policy import MODES, SyncPolicy, make_policy, resolve_count
+from .stragglers.cgroup import parse_throttle
+from .stragglers.delays import StragglerRule
+from .stragglers.scenarios import load_scenario
 
 Count = Union[int, float]
 
@@ -62,7 +65,9 @@ class DataSection(_Section):
 
 class TrainSection(_Section):
     batch_size: int = Field(32, ge=1, description="per worker")
-    steps: int = Field(300, ge=1, description="steps per worker")
+    steps: int = Field(
+        300, ge=1, description="steps per worker on average: the run ends after workers × steps steps in total"
+    )
     eval_interval: float = Field(1.0, gt=0, description="seconds between accuracy snapshots")
     target_accuracy: float = Field(0.95, gt=0, le=1, description="for time-to-accuracy")
     threads: int = Field(1, ge=1, description="torch threads per process")
@@ -116,6 +121,11 @@ class Config(_Section):
     train: TrainSection = Field(default_factory=TrainSection)
     optim: OptimSection = Field(default_factory=OptimSection)
     timeouts: TimeoutSection = Field(default_factory=TimeoutSection)
+    scenario: str | None = Field(None, description="a shipped straggler scenario name or a YAML path")
+    stragglers: list[StragglerRule] = Field(default_factory=list, description="synthetic delay rules")
+    throttle: dict[str, float] = Field(
+        default_factory=dict, description="real CPU limits via cgroups: {worker-1: 0.25} = a quarter of one CPU"
+    )
     on_worker_failure: Literal["stop", "continue"] = Field(
         "stop", description="stop the run, or continue with the live workers when >= k remain"
     )
@@ -141,9 +151,33 @@ class Config(_Section):
         except ValueError as exc:
             raise ConfigError(f"sync.{exc}") from None
 
+    def all_stragglers(self) -> list[StragglerRule]:
+        """The scenario's rules followed by the config's own."""
+        if self.scenario is None:
+            return list(self.stragglers)
+        return load_scenario(self.scenario).stragglers + list(self.stragglers)
+
     def check(self) -> Config:
         """Cross-field checks that need no model: counts against workers and servers."""
         c, s = self.cluster, self.sync
+        try:
+            rules = self.all_stragglers()
+        except ValueError as exc:
+            raise ConfigError(f"scenario: {exc}") from None
+        for i, rule in enumerate(rules):
+            ids, limit = rule.ids, c.servers if rule.target == "server" else c.workers
+            if ids != "all" and any(not 0 <= x < limit for x in ids):
+                raise ConfigError(f"stragglers[{i}].ids={ids}: {rule.target} ids must be in 0..{limit - 1}")
+            if rule.servers != "all" and any(not 0 <= x < c.servers for x in rule.servers):
+                raise ConfigError(f"stragglers[{i}].servers={rule.servers}: server ids must be in 0..{c.servers - 1}")
+        for name, fraction in self.throttle.items():
+            try:
+                parse_throttle(f"{name}={fraction}")
+            except ValueError as exc:
+                raise ConfigError(f"throttle: {exc}") from None
+            role, _, rid = name.partition("-")
+            if int(rid) >= (c.workers if role == "worker" else c.servers):
+                raise ConfigError(f"throttle: no {name} in a run of {c.workers} workers and {c.servers} servers")
         if c.blocks is not None and c.blocks < c.servers:
             raise ConfigError(
                 f"cluster.blocks={c.blocks} is below cluster.servers={c.servers}: every server needs a block"

@@ -32,6 +32,15 @@ def _count(value: str | None, name: str) -> int | float | None:
         raise ConfigError(f"--{name}: '{value}' is neither a count (3) nor a fraction (0.75)") from None
 
 
+def _throttles(specs: list[str]) -> dict[str, float] | None:
+    from ..stragglers.cgroup import parse_throttle
+
+    try:
+        return dict(parse_throttle(spec) for spec in specs) or None
+    except ValueError as exc:
+        raise ConfigError(f"--throttle: {exc}") from None
+
+
 def _set_pairs(pairs: list[str]) -> dict[str, Any]:
     import yaml
 
@@ -66,6 +75,8 @@ def train(
     out_dir: str | None = typer.Option(None, help="parent of run directories (default: runs)"),
     name: str | None = typer.Option(None, help="run directory name"),
     on_worker_failure: str | None = typer.Option(None, help="stop | continue"),
+    scenario: str | None = typer.Option(None, help="straggler scenario: a shipped name or a YAML path"),
+    throttle: list[str] = typer.Option([], "--throttle", help="real CPU limit: worker-1=0.25 (repeatable, root)"),
     set_: list[str] = typer.Option([], "--set", help="any config field: section.field=value (repeatable)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no live progress"),
 ) -> None:
@@ -92,6 +103,8 @@ def train(
         "run.out_dir": out_dir,
         "run.name": name,
         "on_worker_failure": on_worker_failure,
+        "scenario": scenario,
+        "throttle": _throttles(throttle),
         **_set_pairs(set_),
     }
     cfg = load_config(config, overrides)
@@ -105,6 +118,34 @@ def train(
         if progress:
             progress.stop()
     print_summary(console, result.run_dir, result.summary)
+
+
+@app.command()
+def throttle(
+    run_dir: Path = typer.Argument(..., help="the directory of a running run"),
+    process: str = typer.Argument(..., help="worker-ID or server-ID"),
+    fraction: float = typer.Argument(..., help="share of one CPU, e.g. 0.25; 1 lifts the limit"),
+) -> None:
+    """Change a running process's CPU limit (cgroup v1 cpu controller), e.g. to make worker-1 a straggler."""
+    import json
+
+    from ..stragglers.cgroup import CpuThrottle, ThrottleError, parse_throttle
+
+    try:
+        name, fraction = parse_throttle(f"{process}={fraction}")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    log = run_dir / "events" / f"{name}.jsonl"
+    if not log.exists():
+        raise ConfigError(f"'{log}' does not exist: pass a run directory and a process of that run")
+    pid = next((json.loads(line)["pid"] for line in log.open() if '"start"' in line), None)
+    if pid is None:
+        raise ConfigError(f"{name} has not started yet in {run_dir}: try again in a moment")
+    try:
+        group = CpuThrottle(run_dir.name).set(name, pid, fraction)
+    except (ThrottleError, OSError) as exc:
+        raise ConfigError(f"cannot throttle {name} (pid {pid}): {exc}") from None
+    Console().print(f"{name} (pid {pid}) limited to {fraction:g} CPU via {group}")
 
 
 @app.command()

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..config import Config
+from ..report.slow import lags
 
 
 class LiveProgress:
@@ -33,17 +34,21 @@ class LiveProgress:
 
     def update(self, progress: dict[str, Any]) -> None:
         table = Table(box=None, header_style="bold")
-        for col in ("worker", "step", "steps/s", "compute ms", "stale blocks/step"):
+        for col in ("worker", "step", "steps/s", "compute ms", "stale blocks/step", ""):
             table.add_column(col, justify="right")
         total = self.config.train.steps
-        for w, p in sorted(progress.get("workers", {}).items()):
+        workers = progress.get("workers", {})
+        computes = {w: p["compute"] for w, p in workers.items() if p.get("compute")}
+        for w, p in sorted(workers.items()):
             prev = self.previous.get(w)
             if prev and p["t"] > prev[0]:
                 self.rates[w] = (p["step"] - prev[1]) / (p["t"] - prev[0])
             self.previous[w] = (p["t"], p["step"])
             compute = f"{p['compute'] * 1000:.1f}" if p.get("compute") else "-"
             rate = f"{self.rates[w]:.1f}" if w in self.rates else "-"
-            table.add_row(str(w), f"{p['step']}/{total}", rate, compute, f"{p.get('stale_blocks', 0):.2f}")
+            ratio = lags(computes, w) if w in computes else None
+            flag = Text(f"straggler ×{ratio:.1f}", style="bold red") if ratio else ""
+            table.add_row(str(w), f"{p['step']}/{total}", rate, compute, f"{p.get('stale_blocks', 0):.2f}", flag)
         servers = progress.get("servers", {}).values()
         drops: dict[str, int] = {}
         for s in servers:
@@ -90,6 +95,11 @@ def print_summary(console: Console, run_dir: Path, s: dict[str, Any]) -> None:
             f"{fmt(s['traffic']['bytes_per_step'], '{:,.0f}')} / {fmt(s['traffic']['msgs_per_step'], '{:.1f}')}",
         ),
     ]
+    for found in s.get("stragglers", []):
+        what = f"{found['role']} {found['id']}: {found['metric']} ×{found['ratio']} of its peers"
+        if found.get("persistent"):
+            what += ", persistent"
+        rows.append(("straggler", what))
     for key, value in rows:
         table.add_row(Text(key, style="bold"), Text(value))
     console.print(table)

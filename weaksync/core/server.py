@@ -47,6 +47,11 @@ class ServerCore:
         state = self.blocks[block]
         return max(1, min(self.policy.k, len(self.live | state.contributors.keys())))
 
+    def steps_done(self) -> int:
+        """Steps completed by all workers together, as far as this server has heard (the run's budget
+        counts these, so a slow worker's missing steps are made up by the others)."""
+        return sum(self.clocks.values())
+
     def next_deadline(self) -> float | None:
         """Earliest time `on_timer` has work to do (a push deadline), or None."""
         times = [s.round_deadline for s in self.blocks.values() if s.round_deadline is not None]
@@ -64,7 +69,7 @@ class ServerCore:
         reason = self._push_problem(worker, block, base, state, problem)
         if reason is not None:
             actions: list[ServerAction] = [self._drop(worker, block, base, version, reason)]
-            if self.policy.ssp_slack is not None and reason in ("stale", "duplicate", "malformed"):
+            if reason in ("stale", "duplicate", "malformed"):
                 actions += self._advance_clock(worker, step + 1)  # unused, but the worker did finish the step
             return actions
         assert state is not None
@@ -77,8 +82,7 @@ class ServerCore:
         actions = [Accept(worker, block, base, version, weight)]
         if len(state.contributors) >= self.quorum(block):
             actions += self._apply(block, state, by_deadline=False)
-        if self.policy.ssp_slack is not None:
-            actions += self._advance_clock(worker, step + 1)
+        actions += self._advance_clock(worker, step + 1)
         return actions
 
     def on_pull(self, worker: int, block: int, want_gt: int, clock: int, now: float) -> list[ServerAction]:
@@ -88,8 +92,7 @@ class ServerCore:
             reason = "unknown-block" if state is None else "unknown-worker"
             return [self._drop(worker, block, want_gt, state.version if state else -1, reason)]
         actions: list[ServerAction] = []
-        if self.policy.ssp_slack is not None:
-            actions += self._advance_clock(worker, clock)
+        actions += self._advance_clock(worker, clock)
         if self._servable(worker, state, want_gt):
             state.parked.pop(worker, None)
             actions.append(Send(worker, block, state.version))
@@ -179,8 +182,12 @@ class ServerCore:
         return min((self.clocks[w] for w in self.live), default=0)
 
     def _advance_clock(self, worker: int, clock: int) -> list[ServerAction]:
-        """SSP: record a worker's progress; if the slowest moved, release pulls it was holding back."""
+        """Record a worker's progress (steps completed); under SSP, if the slowest moved, release the pulls
+        it was holding back."""
         if clock <= self.clocks[worker]:
+            return []
+        if self.policy.ssp_slack is None:
+            self.clocks[worker] = clock
             return []
         before = self._min_clock()
         self.clocks[worker] = clock

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..runtime.eventlog import read_events
 from ..runtime.resources import write_json
+from .slow import find_stragglers
 
 
 def _events(run_dir: Path, pattern: str) -> list[dict[str, Any]]:
@@ -77,6 +78,17 @@ def build_summary(run_dir: Path, target_accuracy: float) -> dict[str, Any]:
         total = accepted_by_worker[w] + dropped_by_worker[w]
         stats["accepted_share"] = accepted_by_worker[w] / total if total else None
 
+    links: dict[str, dict] = {}
+    for w in workers:
+        for s_id, link in w.get("links", {}).items():
+            links[f"{w['id']}-{s_id}"] = {"push_bytes": link["push_bytes"], "reply_bytes": link["reply_bytes"],
+                                         "pull_rtt_p50": link["rtt_p50"], "pull_rtt_p95": link["rtt_p95"]}  # fmt: skip
+    for s in servers:
+        for w_id, link in s.get("links_in", {}).items():
+            links.setdefault(f"{w_id}-{s['id']}", {}).update(
+                {"push_delay_p50": link["push_delay_p50"], "push_delay_p95": link["push_delay_p95"]}
+            )
+
     reached = next((e for e in evals if e["accuracy"] >= target_accuracy), None)
     num_steps = len(steps)
     summary = {
@@ -118,6 +130,8 @@ def build_summary(run_dir: Path, target_accuracy: float) -> dict[str, Any]:
             else None,
         },
         "workers": per_worker,
+        "links": links,
+        "stragglers": find_stragglers(steps, per_worker, links),
         "servers": {
             str(s["id"]): {
                 k: s[k]
@@ -129,6 +143,7 @@ def build_summary(run_dir: Path, target_accuracy: float) -> dict[str, Any]:
                     "reply_bytes",
                     "state_bytes",
                     "peak_rss_bytes",
+                    "injected_reply_delay",
                 )
             }
             for s in servers

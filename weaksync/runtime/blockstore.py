@@ -51,8 +51,9 @@ class BlockStore:
         self.acc[action.block].add_(payload, alpha=action.weight)
         self.weight_sum[action.block] += action.weight
 
-    def apply(self, action: Apply) -> None:
-        """Average, step, refresh the send snapshot. A new snapshot tensor per version: replies already
+    def apply(self, action: Apply, progress: float | None = None) -> None:
+        """Average, step, refresh the send snapshot. `progress` (average worker steps so far) drives the LR
+        schedule; without it, the contributors' step does. A new snapshot tensor per version: replies already
         handed to ZeroMQ keep pointing at the old one, so no reply ever carries a half-written block."""
         j = action.block
         block, values, acc = self.blocks[j], self.values[j], self.acc[j]
@@ -62,7 +63,7 @@ class BlockStore:
             param, opt = self.params[j], self.optimizers[j]
             param.grad = acc[:n]
             for group in opt.param_groups:
-                group["lr"] = self.lr_at(action.step, len(action.contributors))
+                group["lr"] = self.lr_at(action.step if progress is None else progress, len(action.contributors))
             opt.step()
             param.grad = None
         if n < block.size:

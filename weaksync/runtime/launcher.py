@@ -25,6 +25,7 @@ from torch.distributed import PrefixStore, TCPStore
 
 from ..config import Config, ConfigError, dump_config
 from ..report.summary import build_summary
+from ..stragglers.cgroup import CpuThrottle
 from ..training.workload import Workload, builtin_workload
 from ..transport.messages import encode
 from ..transport.sockets import connect_dealer
@@ -107,6 +108,12 @@ def prepare(config: Config, workload: Workload | None) -> tuple[Workload, dict[s
     except ValueError as exc:
         raise ConfigError(f"cluster.blocks: {exc}") from None
     policy = config.policy(layout.num_blocks)
+    if config.throttle:
+        from ..stragglers.cgroup import available
+
+        reason = available()
+        if reason:
+            raise ConfigError(f"throttle: {reason}")
     meta = {
         "mode": policy.mode,
         "num_workers": policy.num_workers,
@@ -154,6 +161,7 @@ class LocalCluster:
         self.ctx.set_forkserver_preload(PRELOAD)
         self.procs: dict[str, BaseProcess] = {}
         self.gone: set[str] = set()
+        self.throttle: CpuThrottle | None = None
 
     def spec(self, role: str, rank: int) -> RoleSpec:
         return RoleSpec(
@@ -176,6 +184,10 @@ class LocalCluster:
             proc = self.ctx.Process(target=_entry, args=(spec,), name=f"weaksync-{spec.name}", daemon=False)
             proc.start()
             self.procs[spec.name] = proc
+        if self.config.throttle:  # real slowdowns: the kernel caps these processes' CPU
+            self.throttle = CpuThrottle(self.run_id)
+            for name, fraction in self.config.throttle.items():
+                self.throttle.set(name, self.procs[name].pid, fraction)
 
     def error_of(self, name: str) -> str | None:
         path = self.run_dir / "procs" / f"{name}.error"
@@ -247,6 +259,8 @@ def run_local(
         failure = "interrupted by Ctrl-C"
     finally:
         killed = cluster.stop_all()
+        if cluster.throttle is not None:
+            cluster.throttle.close()
         cluster.store = None  # type: ignore[assignment]  # closes the store's server socket
     summary = build_summary(run_dir, config.train.target_accuracy)
     if failure:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections import Counter
+from collections import Counter, defaultdict, deque
 
+import numpy as np
 import torch
 import zmq
 from torch.distributed import Store
@@ -23,6 +24,8 @@ from ..transport.sockets import bind_router
 from .eventlog import EventLog
 from .flat import FlatModel, model_layout
 from .resources import peak_rss_bytes, write_json
+from ..stragglers.delays import delayer_for
+from .outbox import Outbox
 from .spec import RoleSpec, connect_store, install_stop_handlers, store_set_json, watch_parent
 
 LAUNCHER = b"launcher"
@@ -70,6 +73,14 @@ class Server:
         self.push_msgs = 0
         self.stop_requested = False
         self.kv: Store | None = None  # the run's TCPStore, once connected
+        rules, seed = cfg.all_stragglers(), cfg.run.seed + 1  # +1: the other direction of each link
+        self.reply_delay = delayer_for(rules, "server", spec.rank, seed)
+        self.link_delays = [delayer_for(rules, "link", w, seed, peer=spec.rank) for w in range(cfg.cluster.workers)]
+        self.outbox = Outbox()
+        self.reply_delays: list[float] = []
+        self.budget = cfg.cluster.workers * cfg.train.steps  # worker steps of the whole run
+        self.budget_spent = False
+        self.push_delays: dict[int, deque[float]] = defaultdict(lambda: deque(maxlen=20000))
 
     def serve(self, sock: zmq.Socket) -> None:
         poller = zmq.Poller()
@@ -79,8 +90,8 @@ class Server:
         last_publish = 0.0
         while not self.stop_requested:
             now = time.monotonic()
-            deadline = self.core.next_deadline()
-            wait = hb.heartbeat_interval if deadline is None else max(0.0, min(deadline - now, hb.heartbeat_interval))
+            due = [t for t in (self.core.next_deadline(), self.outbox.next_due()) if t is not None]
+            wait = max(0.0, min([hb.heartbeat_interval, *(t - now for t in due)]))
             if poller.poll(int(wait * 1000)):
                 while True:
                     try:
@@ -89,6 +100,7 @@ class Server:
                         break
                     self.handle(sock, frames)
             now = time.monotonic()
+            self.outbox.flush(now)
             if self.kv is not None and now - last_publish > 1.0:
                 self.publish_progress()
                 last_publish = now
@@ -122,6 +134,9 @@ class Server:
                 self.reject(identity, f"'{kind}' from worker {worker} before it registered (hello)")
                 return
         if kind == "push":
+            ts = msg.fields.get("ts")
+            if isinstance(ts, float):  # one-way delay of this link (clocks of one host, or NTP-synced hosts)
+                self.push_delays[msg["w"]].append(time.time() - ts)
             self.push_msgs += 1
             self.push_bytes += msg.payload.nbytes if msg.payload is not None else 0
             block = self.blockstore.blocks.get(msg["j"])
@@ -130,9 +145,17 @@ class Server:
             if problem:
                 self.log.write("drop", s=self.spec.rank, w=msg["w"], j=msg["j"], reason="malformed", detail=problem)
             self.perform(sock, actions, msg)
+            if not self.budget_spent and self.core.steps_done() >= self.budget:
+                self.budget_spent = True  # every worker stops: the run's steps are done, whoever did them
+                self.log.write("budget", s=self.spec.rank, steps=self.core.steps_done())
+                for worker in sorted(self.registered):
+                    self.send_done(sock, worker)
         elif kind == "pull":
             self.pull_msgs += 1
-            self.perform(sock, self.core.on_pull(msg["w"], msg["j"], msg["want"], msg["clock"], now))
+            if self.budget_spent:
+                self.send_done(sock, msg["w"])
+            else:
+                self.perform(sock, self.core.on_pull(msg["w"], msg["j"], msg["want"], msg["clock"], now))
         elif kind == "hello":
             self.hello(sock, identity, msg)
         elif kind == "bye":
@@ -178,9 +201,9 @@ class Server:
             if isinstance(action, Accept):
                 self.blockstore.accept(action, msg.payload)
             elif isinstance(action, Send):
-                self.send_block(sock, worker_identity(action.worker), action.block, action.version)
+                self.send_block(sock, worker_identity(action.worker), action.block, action.version, action.worker)
             elif isinstance(action, Apply):
-                self.blockstore.apply(action)
+                self.blockstore.apply(action, progress=self.core.steps_done() / self.policy.num_workers)
                 self.log.write(
                     "update",
                     s=self.spec.rank,
@@ -201,10 +224,30 @@ class Server:
                     reason=action.reason,
                 )
 
-    def send_block(self, sock: zmq.Socket, identity: bytes, block: int, version: int) -> None:
-        payload = self.blockstore.snapshot(block)
+    def send_done(self, sock: zmq.Socket, worker: int) -> None:
         try:
-            sock.send_multipart([identity, *encode("block", payload, j=block, v=version)], copy=False)
+            sock.send_multipart([worker_identity(worker), *encode("done")])
+        except zmq.ZMQError:
+            pass  # already gone
+
+    def send_block(self, sock: zmq.Socket, identity: bytes, block: int, version: int, worker: int | None = None) -> None:
+        """Reply with the block's snapshot; an injected server or link delay holds it in the outbox."""
+        payload = self.blockstore.snapshot(block)
+        frames = [identity, *encode("block", payload, j=block, v=version)]
+        delay = 0.0
+        if worker is not None:
+            if self.reply_delay.active:
+                delay += self.reply_delay.sample(version)
+            if self.link_delays[worker].active:
+                delay += self.link_delays[worker].sample(version, nbytes=payload.nbytes)
+        if delay > 0:
+            self.reply_delays.append(delay)
+            self.outbox.put(time.monotonic() + delay, identity, sock, frames)
+            self.replies += 1
+            self.reply_bytes += payload.nbytes
+            return
+        try:
+            sock.send_multipart(frames, copy=False)
         except zmq.ZMQError:  # the peer is gone (ROUTER_MANDATORY); the heartbeat check handles it
             self.bad_messages["unroutable reply"] += 1
             return
@@ -252,6 +295,20 @@ class Server:
             "reply_bytes": self.reply_bytes,
             "state_bytes": self.blockstore.nbytes(),
             "peak_rss_bytes": peak_rss_bytes(),
+            "links_in": {
+                str(w): {
+                    "pushes": len(d),
+                    "push_delay_p50": float(np.percentile(d, 50)),
+                    "push_delay_p95": float(np.percentile(d, 95)),
+                }
+                for w, d in self.push_delays.items()
+                if d
+            },
+            "injected_reply_delay": {
+                "replies": len(self.reply_delays),
+                "p50": float(np.percentile(self.reply_delays, 50)) if self.reply_delays else 0.0,
+                "p95": float(np.percentile(self.reply_delays, 95)) if self.reply_delays else 0.0,
+            },
         }
 
 

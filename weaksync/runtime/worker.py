@@ -24,6 +24,8 @@ from ..transport.sockets import connect_dealer
 from .eventlog import EventLog
 from .flat import FlatModel, model_layout
 from .resources import peak_rss_bytes, write_json
+from ..stragglers.delays import delayer_for
+from .outbox import Outbox
 from .spec import RoleError, RoleSpec, connect_store, install_stop_handlers, store_set_json, watch_parent
 
 
@@ -40,6 +42,20 @@ class Traffic:
     reply_bytes: int = 0
     installed: int = 0
     bad: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class LinkStats:
+    """This worker's side of its link to one server: bytes each way and pull round trips."""
+
+    push_bytes: int = 0
+    reply_bytes: int = 0
+    rtt: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        rtt = np.asarray(self.rtt) if self.rtt else np.zeros(1)
+        return {"push_bytes": self.push_bytes, "reply_bytes": self.reply_bytes, "replies": len(self.rtt),
+                "rtt_p50": float(np.percentile(rtt, 50)), "rtt_p95": float(np.percentile(rtt, 95))}
 
 
 class Worker:
@@ -61,6 +77,14 @@ class Worker:
         self.socks: list[zmq.Socket] = []
         self.step_times: list[float] = []
         self.recent_stale: deque[int] = deque(maxlen=20)
+        rules, seed, servers = cfg.all_stragglers(), cfg.run.seed, cfg.cluster.servers
+        self.compute_delay = delayer_for(rules, "worker", self.id, seed)
+        self.link_delays = [delayer_for(rules, "link", self.id, seed, peer=s) for s in range(servers)]
+        self.outbox = Outbox()
+        self.done = False  # a server said the run's steps are done
+        self.injected_total = 0.0
+        self.links = [LinkStats() for _ in range(servers)]
+        self.pull_sent: dict[int, float] = {}  # block -> when its outstanding pull left
         self.kv: Store | None = None  # set once connected; progress goes there for live display
 
     # -- connection ----------------------------------------------------------------------------------
@@ -97,7 +121,9 @@ class Worker:
             poller.register(sock, zmq.POLLIN)
         wait_from = time.monotonic()
         last_progress = 0.0
-        while self.core.step < cfg.train.steps:
+        cap = cfg.train.steps * cfg.cluster.workers  # the whole budget: a safety net, servers say "done" first
+        while not self.done and self.core.step < cap:
+            self.outbox.flush(time.monotonic())
             self.drain()
             now = time.monotonic()
             if not self.core.ready(now):
@@ -106,8 +132,8 @@ class Worker:
                         f"worker {self.id} got no fresh block for {cfg.timeouts.progress:.0f}s "
                         f"(timeouts.progress) at step {self.core.step}: a server is stuck or unreachable"
                     )
-                deadline = self.core.deadline()
-                timeout = 0.5 if deadline is None else max(0.0, min(0.5, deadline - now))
+                due = [t for t in (self.core.deadline(), self.outbox.next_due()) if t is not None]
+                timeout = max(0.0, min([0.5, *(t - now for t in due)]))
                 poller.poll(int(timeout * 1000) + 1)
                 continue
             waited = now - wait_from
@@ -116,6 +142,9 @@ class Worker:
             if wait_from - last_progress > 1.0:
                 self.publish_progress()
                 last_progress = wait_from
+        while (due := self.outbox.next_due()) is not None:  # delayed pushes still owed to the servers
+            time.sleep(max(0.0, due - time.monotonic()))
+            self.outbox.flush(time.monotonic())
         self.publish_progress()
 
     def step(self, waited: float) -> None:
@@ -132,16 +161,20 @@ class Worker:
             )
         loss.backward()
         vector = self.flat.push_vector()
+        injected = self.compute_delay.sample(plan.step, measured=time.time() - t0) if self.compute_delay.active else 0.0
+        if injected > 0:
+            self.injected_total += injected
+            time.sleep(injected)  # a synthetic straggler: compute took this much longer
         t1 = time.time()
         pushes, pulls = self.core.end_step(time.monotonic())
         push_bytes = 0
         for p in pushes:
             block = self.layout.blocks[p.block]
             payload = vector[block.start : block.stop]
-            self.socks[block.server].send_multipart(
-                encode("push", payload, w=self.id, j=p.block, base=p.base, step=p.step), copy=False
-            )
+            frames = encode("push", payload, w=self.id, j=p.block, base=p.base, step=p.step, ts=time.time())
+            self.send(block.server, frames, payload.nbytes, plan.step)
             push_bytes += payload.nbytes
+            self.links[block.server].push_bytes += payload.nbytes
         self.send_pulls(pulls)
         self.traffic.push_msgs += len(pushes)
         self.traffic.push_bytes += push_bytes
@@ -155,6 +188,7 @@ class Worker:
             t=t0,
             t_end=t1,
             t_push=time.time(),
+            injected=injected,
             wait=waited,
             loss=loss.item(),
             fresh=len(plan.fresh),
@@ -166,10 +200,21 @@ class Worker:
             epoch=self.batches.epoch,
         )
 
+    def send(self, server: int, frames: list, nbytes: int, step: int) -> None:
+        """Send now, or through the outbox when an injected link delay applies to this server's link."""
+        link = self.link_delays[server]
+        if link.active:
+            delay = link.sample(step, nbytes=nbytes)
+            self.outbox.put(time.monotonic() + delay, server, self.socks[server], frames)
+        else:
+            self.socks[server].send_multipart(frames, copy=False)
+
     def send_pulls(self, pulls: list) -> None:
+        now = time.monotonic()
         for q in pulls:
             server = self.layout.blocks[q.block].server
-            self.socks[server].send_multipart(encode("pull", w=self.id, j=q.block, want=q.want_gt, clock=q.clock))
+            self.pull_sent[q.block] = now
+            self.send(server, encode("pull", w=self.id, j=q.block, want=q.want_gt, clock=q.clock), 0, self.core.step)
         self.traffic.pull_msgs += len(pulls)
 
     def drain(self) -> None:
@@ -188,6 +233,9 @@ class Worker:
         except BadMessage as exc:
             self.count_bad(str(exc))
             return
+        if msg.kind == "done":
+            self.done = True
+            return
         if msg.kind != "block":
             self.count_bad(f"unexpected '{msg.kind}'")
             return
@@ -197,6 +245,11 @@ class Worker:
             return
         self.traffic.reply_msgs += 1
         self.traffic.reply_bytes += msg.payload.nbytes
+        link = self.links[self.layout.blocks[j].server]
+        link.reply_bytes += msg.payload.nbytes
+        sent = self.pull_sent.pop(j, None)
+        if sent is not None:
+            link.rtt.append(time.monotonic() - sent)
         if self.core.on_block(j, v):
             self.flat.install(self.layout.blocks[j], msg.payload)
             self.traffic.installed += 1
@@ -237,6 +290,8 @@ class Worker:
             "ignored_replies": self.core.ignored_replies,
             "bad_messages": self.traffic.bad,
             "peak_rss_bytes": peak_rss_bytes(),
+            "links": {str(s): link.summary() for s, link in enumerate(self.links)},
+            "injected_seconds": float(self.injected_total),
         }
 
 

@@ -36,6 +36,7 @@ SCHEMA: dict[str, tuple[dict[str, type], bool]] = {
     "peek": ({"j": int}, False),
     "leave": ({"w": int}, False),
     "stop": ({}, False),
+    "done": ({}, False),
 }
 
 
