@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .core.policy import MODES, SyncPolicy, make_policy, resolve_count
 from .stragglers.cgroup import parse_throttle
 from .stragglers.delays import StragglerRule
-from .stragglers.scenarios import load_scenario
+from .stragglers.scenarios import describe_error, load_scenario
 
 Count = Union[int, float]
 
@@ -230,6 +230,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 def _one_line(exc: ValidationError) -> str:
     err = exc.errors()[0]
+    if err["loc"] and err["loc"][0] == "stragglers":  # the rules' own formatter knows their unions
+        return describe_error(exc)
     where = ".".join(str(p) for p in err["loc"]) or "config"
     msg = err["msg"]
     if err["type"] == "extra_forbidden":

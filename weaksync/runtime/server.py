@@ -230,7 +230,9 @@ class Server:
         except zmq.ZMQError:
             pass  # already gone
 
-    def send_block(self, sock: zmq.Socket, identity: bytes, block: int, version: int, worker: int | None = None) -> None:
+    def send_block(
+        self, sock: zmq.Socket, identity: bytes, block: int, version: int, worker: int | None = None
+    ) -> None:
         """Reply with the block's snapshot; an injected server or link delay holds it in the outbox."""
         payload = self.blockstore.snapshot(block)
         frames = [identity, *encode("block", payload, j=block, v=version)]

@@ -54,8 +54,13 @@ class LinkStats:
 
     def summary(self) -> dict:
         rtt = np.asarray(self.rtt) if self.rtt else np.zeros(1)
-        return {"push_bytes": self.push_bytes, "reply_bytes": self.reply_bytes, "replies": len(self.rtt),
-                "rtt_p50": float(np.percentile(rtt, 50)), "rtt_p95": float(np.percentile(rtt, 95))}
+        return {
+            "push_bytes": self.push_bytes,
+            "reply_bytes": self.reply_bytes,
+            "replies": len(self.rtt),
+            "rtt_p50": float(np.percentile(rtt, 50)),
+            "rtt_p95": float(np.percentile(rtt, 95)),
+        }
 
 
 class Worker:

@@ -66,7 +66,7 @@ def _load_file(path: Path) -> Scenario:
     try:
         scenario = Scenario.model_validate(doc)
     except ValidationError as exc:
-        raise ValueError(f"{where}: {_one_line(exc)}") from None
+        raise ValueError(f"{where}: {describe_error(exc)}") from None
     for i, rule in enumerate(scenario.stragglers):
         if isinstance(rule.delay, TraceDelay):
             try:
@@ -88,7 +88,7 @@ def _resolve_trace_paths(doc: dict[str, Any], folder: Path) -> None:
             delay["path"] = str(p if p.is_absolute() else folder / p)
 
 
-def _one_line(exc: ValidationError) -> str:
+def describe_error(exc: ValidationError) -> str:
     """`stragglers[0].delay.mean: Input should be greater than 0 (and 1 more)` from a pydantic error."""
     errors = exc.errors()
     err = errors[0]
