@@ -18,14 +18,14 @@ from torch.distributed import Store
 from ..core.actions import Accept, Apply, Drop, Send
 from ..core.layout import BlockLayout
 from ..core.server import ServerCore
+from ..stragglers.delays import delayer_for
 from ..training.optim import lr_function, optimizer_factory
 from ..transport.messages import BadMessage, Message, decode, encode, payload_problem
 from ..transport.sockets import bind_router
 from .eventlog import EventLog
 from .flat import FlatModel, model_layout
-from .resources import peak_rss_bytes, write_json
-from ..stragglers.delays import delayer_for
 from .outbox import Outbox
+from .resources import peak_rss_bytes, write_json
 from .spec import RoleSpec, connect_store, install_stop_handlers, store_set_json, watch_parent
 
 LAUNCHER = b"launcher"

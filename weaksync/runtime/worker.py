@@ -18,14 +18,14 @@ import zmq
 from torch.distributed import Store
 
 from ..core.worker import WorkerCore
+from ..stragglers.delays import delayer_for
 from ..training.data import BatchStream, shard_indices
 from ..transport.messages import BadMessage, decode, encode
 from ..transport.sockets import connect_dealer
 from .eventlog import EventLog
 from .flat import FlatModel, model_layout
-from .resources import peak_rss_bytes, write_json
-from ..stragglers.delays import delayer_for
 from .outbox import Outbox
+from .resources import peak_rss_bytes, write_json
 from .spec import RoleError, RoleSpec, connect_store, install_stop_handlers, store_set_json, watch_parent
 
 
