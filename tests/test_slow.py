@@ -55,3 +55,9 @@ def test_slow_server_and_slow_link_by_push_delay() -> None:
     assert {"role": "server", "id": 1, "metric": "push delay p50", "ratio": 4.0} in found  # vs median(2.5, 1, 20) ms
     assert {"role": "link", "id": "2-0", "metric": "push delay p50", "ratio": 11.43} in found
     assert len(found) == 2
+
+
+def test_a_server_slow_to_answer_is_named_by_its_pull_round_trips() -> None:
+    links = {f"{w}-{s}": {"pull_rtt_p50": 0.005 if s == 0 else 0.05} for w in range(3) for s in range(2)}
+    found = find_stragglers([], {}, links)
+    assert found == [{"role": "server", "id": 1, "metric": "pull round trip p50", "ratio": 10.0}]

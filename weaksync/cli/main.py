@@ -161,6 +161,15 @@ def summarize(
     print_summary(Console(), run_dir, build_summary(run_dir, target))
 
 
+def _register_cluster() -> None:
+    from .cluster import cluster_command
+
+    app.command("cluster")(cluster_command)
+
+
+_register_cluster()
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -172,7 +181,10 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the run as cleanly as Ctrl-C does
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # typer returns 130 on Ctrl-C instead of raising
+        if code == 130:
+            err.print("weaksync: interrupted")
+            sys.exit(130)
     except (ConfigError, DataError) as exc:
         err.print(f"[red]weaksync: error:[/red] {exc}", highlight=False)
         sys.exit(2)

@@ -70,10 +70,15 @@ def find_stragglers(
     delay = {k: v["push_delay_p50"] for k, v in links.items() if v.get("push_delay_p50") is not None}
     servers = sorted({k.split("-")[1] for k in delay})
     per_server = {s: median(v for k, v in delay.items() if k.split("-")[1] == s) for s in servers}
-    for s in servers:
-        ratio = lags(per_server, s, threshold)
-        if ratio is not None:
-            found.append({"role": "server", "id": int(s), "metric": "push delay p50", "ratio": round(ratio, 2)})
+    rtt = {k: v["pull_rtt_p50"] for k, v in links.items() if v.get("pull_rtt_p50") is not None}
+    rtt_servers = sorted({k.split("-")[1] for k in rtt})
+    per_server_rtt = {s: median(v for k, v in rtt.items() if k.split("-")[1] == s) for s in rtt_servers}
+    for s in sorted(set(servers) | set(rtt_servers)):  # slow to receive (push delay) or to answer (pull RTT)
+        for metric, values in (("push delay p50", per_server), ("pull round trip p50", per_server_rtt)):
+            ratio = lags(values, s, threshold) if s in values else None
+            if ratio is not None:
+                found.append({"role": "server", "id": int(s), "metric": metric, "ratio": round(ratio, 2)})
+                break
     for s in servers:
         same_server = {k: v for k, v in delay.items() if k.split("-")[1] == s}
         for key in same_server:

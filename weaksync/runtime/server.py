@@ -314,8 +314,9 @@ class Server:
         }
 
 
-def run_server(spec: RoleSpec) -> None:
-    """Entry point of a server process: bind, publish the endpoint, serve until told to stop."""
+def run_server(spec: RoleSpec) -> bool:
+    """Entry point of a server process: bind, publish the endpoint, serve until told to stop.
+    Returns False when it was interrupted (SIGINT/SIGTERM) instead."""
     install_stop_handlers()
     watch_parent(spec.watch_pid)
     torch.set_num_threads(spec.config.train.threads)
@@ -332,8 +333,10 @@ def run_server(spec: RoleSpec) -> None:
         )
         server.log.flush()
         server.serve(sock)
+        return True
     except KeyboardInterrupt:
         server.log.write("interrupted", s=spec.rank)
+        return False
     finally:
         server.log.write("end", s=spec.rank)
         server.log.close()

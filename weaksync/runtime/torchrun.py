@@ -133,25 +133,26 @@ def main(argv: list[str] | None = None) -> int:
             target=_evaluator_entry, args=(eval_spec,), name="weaksync-evaluator"
         )
         evaluator.start()
+    finished = False
     try:
-        run_server(spec)
+        finished = run_server(spec)
     finally:
         if evaluator is not None:
             evaluator.join(config.timeouts.shutdown)
             if evaluator.is_alive():
                 evaluator.kill()
     if rid == 0:
-        _write_summary(run_dir, config)
+        _write_summary(run_dir, config, wait=finished)  # interrupted: the others are gone, do not wait
     del keep_store
     return 0
 
 
-def _write_summary(run_dir: Path, config: Config) -> None:
-    """Wait (bounded) for every process's figures, then summarise the run."""
+def _write_summary(run_dir: Path, config: Config, wait: bool = True) -> None:
+    """Wait (bounded, when `wait`) for every process's figures, then summarise the run."""
     from ..report.summary import build_summary
 
     expected = config.cluster.servers + config.cluster.workers
-    deadline = time.monotonic() + config.timeouts.shutdown
+    deadline = time.monotonic() + (config.timeouts.shutdown if wait else 0.0)
     while len(list((run_dir / "procs").glob("*.json"))) < expected and time.monotonic() < deadline:
         time.sleep(0.2)
     build_summary(run_dir, config.train.target_accuracy)
