@@ -34,12 +34,21 @@ class LiveProgress:
 
     def update(self, progress: dict[str, Any]) -> None:
         table = Table(box=None, header_style="bold")
-        for col in ("worker", "step", "steps/s", "compute ms", "stale blocks/step", ""):
+        for col in ("worker", "step", "steps/s", "compute ms", "stale blocks/step", "accepted", ""):
             table.add_column(col, justify="right")
-        total = self.config.train.steps
+        budget = self.config.train.steps * self.config.cluster.workers
         workers = progress.get("workers", {})
         computes = {w: p["compute"] for w, p in workers.items() if p.get("compute")}
+        accepted: dict[str, int] = {}
+        dropped: dict[str, int] = {}
+        for server in progress.get("servers", {}).values():  # JSON keys: worker ids as strings
+            for key, count in server.get("accepted_by_worker", {}).items():
+                accepted[key] = accepted.get(key, 0) + count
+            for key, count in server.get("dropped_by_worker", {}).items():
+                dropped[key] = dropped.get(key, 0) + count
         for w, p in sorted(workers.items()):
+            total = accepted.get(str(w), 0) + dropped.get(str(w), 0)
+            share = f"{accepted.get(str(w), 0) / total:.0%}" if total else "-"
             prev = self.previous.get(w)
             if prev and p["t"] > prev[0]:
                 self.rates[w] = (p["step"] - prev[1]) / (p["t"] - prev[0])
@@ -48,7 +57,7 @@ class LiveProgress:
             rate = f"{self.rates[w]:.1f}" if w in self.rates else "-"
             ratio = lags(computes, w) if w in computes else None
             flag = Text(f"straggler ×{ratio:.1f}", style="bold red") if ratio else ""
-            table.add_row(str(w), f"{p['step']}/{total}", rate, compute, f"{p.get('stale_blocks', 0):.2f}", flag)
+            table.add_row(str(w), f"{p['step']}", rate, compute, f"{p.get('stale_blocks', 0):.2f}", share, flag)
         servers = progress.get("servers", {}).values()
         drops: dict[str, int] = {}
         for s in servers:
@@ -59,6 +68,7 @@ class LiveProgress:
         head = Text(
             f"{self.config.sync.mode}  N={self.config.cluster.workers} S={self.config.cluster.servers}  "
             f"elapsed {time.monotonic() - self.started:.0f}s  "
+            f"steps {sum(p['step'] for p in workers.values())}/{budget}  "
             f"test accuracy {'-' if acc is None else f'{acc:.3f}'}  block updates {updates}  "
             f"dropped {sum(drops.values())} {drops if drops else ''}"
         )

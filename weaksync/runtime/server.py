@@ -274,7 +274,13 @@ class Server:
         store_set_json(
             self.kv,
             f"progress/server/{self.spec.rank}",
-            {"updates": self.core.updates, "drops": dict(self.core.drops), "t": time.time()},
+            {
+                "updates": self.core.updates,
+                "drops": dict(self.core.drops),
+                "t": time.time(),
+                "accepted_by_worker": dict(self.core.accepted),
+                "dropped_by_worker": dict(self.core.dropped),
+            },
         )
 
     def summary(self) -> dict:
