@@ -57,22 +57,30 @@ def main() -> None:
                     print(f"{scenario} batch {batch} {mode} rep {rep}: {s['steps_per_s']:.1f} steps/s, "
                           f"acc {s['final_accuracy']:.3f}", flush=True)  # fmt: skip
 
-    print("\n| scenario | batch | mode | worker steps/s | block updates/s | time to 95 % (s) | final accuracy | stragglers named |")
+    print(
+        "\n| scenario | batch | mode | worker steps/s | block updates/s | time to 95 % (s) | final accuracy "
+        "| stragglers named |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for (scenario, batch, mode), rows in results.items():
         updates = statistics.median(r["updates"] / r["train_seconds"] for r in rows)
         named = "; ".join(sorted({f"{f['role']} {f['id']}" + (" (persistent)" if f.get("persistent") else "")
                                   for r in rows for f in r["stragglers"]}))  # fmt: skip
         tta = med(rows, "time_to_accuracy")
-        print(f"| {scenario} | {batch} | {mode} | {med(rows, 'steps_per_s'):.1f} | {updates:.1f} | "
-              f"{'not reached' if tta is None else f'{tta:.2f}'} | {med(rows, 'final_accuracy'):.3f} | {named or '-'} |")
+        print(
+            f"| {scenario} | {batch} | {mode} | {med(rows, 'steps_per_s'):.1f} | {updates:.1f} | "
+            f"{'not reached' if tta is None else f'{tta:.2f}'} | {med(rows, 'final_accuracy'):.3f} | {named or '-'} |"
+        )
     for (scenario, (base, tolerant, _)), batch in itertools.product(PAIRS.items(), args.batch_sizes):
         pairs = list(zip(results[(scenario, batch, base)], results[(scenario, batch, tolerant)]))
         ratios = [t["steps_per_s"] / b["steps_per_s"] for b, t in pairs]
         acc = [t["final_accuracy"] - b["final_accuracy"] for b, t in pairs]
-        print(f"\n{scenario}, batch {batch}: {tolerant}/{base} steps/s per repeat: {', '.join(f'{r:.2f}' for r in ratios)} "
-              f"(median {statistics.median(ratios):.2f}); accuracy difference: "
-              f"{', '.join(f'{a * 100:+.1f} pt' for a in acc)}")
+        print(
+            f"\n{scenario}, batch {batch}: {tolerant}/{base} steps/s per repeat: "
+            f"{', '.join(f'{r:.2f}' for r in ratios)} "
+            f"(median {statistics.median(ratios):.2f}); accuracy difference: "
+            f"{', '.join(f'{a * 100:+.1f} pt' for a in acc)}"
+        )
 
     reason = available()
     if reason:

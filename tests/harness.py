@@ -390,10 +390,12 @@ class Harness:
         before = core.versions[msg.block]
         self._check(msg.block in core.outstanding, f"w{w} got block {msg.block} it had not asked for")
         fresh = core.on_block(msg.block, msg.version)
-        self._check(fresh == (msg.version > before),
-                    f"w{w} on_block({msg.block}, v{msg.version}) over v{before} -> {fresh}")
-        self._check(core.versions[msg.block] == max(before, msg.version),
-                    f"w{w} local version of {msg.block} went back")
+        self._check(
+            fresh == (msg.version > before), f"w{w} on_block({msg.block}, v{msg.version}) over v{before} -> {fresh}"
+        )
+        self._check(
+            core.versions[msg.block] == max(before, msg.version), f"w{w} local version of {msg.block} went back"
+        )
         self._check(msg.block not in core.outstanding, f"w{w} still waits for {msg.block} after its reply")
         if fresh:
             self.hooks.install(w, msg.block, msg.payload)
@@ -404,25 +406,29 @@ class Harness:
         core, p = self.workers[w], self.policy
         versions, refreshed, deadline = tuple(core.versions), frozenset(core.refreshed), core.deadline()
         plan = core.begin_step(self.now)
-        self.trace.append(f"t={self.now:g} w{w} begin step {plan.step} versions={plan.versions} "
-                          f"fresh={sorted(plan.fresh)}")
+        self.trace.append(
+            f"t={self.now:g} w{w} begin step {plan.step} versions={plan.versions} fresh={sorted(plan.fresh)}"
+        )
         self._check(plan.step == len(self.plans[w]), f"w{w} plan step {plan.step} after {len(self.plans[w])} plans")
         self._check(plan.versions == versions and plan.fresh == refreshed, f"w{w} plan {plan} is not its local state")
         self._check(min(versions) >= 0, f"w{w} computed before its first full pull")
         if p.wait_for_pull and plan.step > 0:
             by_deadline = deadline is not None and self.now >= deadline and len(refreshed) >= 1
-            self._check(len(refreshed) >= p.b or by_deadline,
-                        f"w{w} began step {plan.step} with {len(refreshed)} < b={p.b} fresh blocks, "
-                        "before its deadline")
+            self._check(
+                len(refreshed) >= p.b or by_deadline,
+                f"w{w} began step {plan.step} with {len(refreshed)} < b={p.b} fresh blocks, before its deadline",
+            )
         if p.ssp_slack is not None and p.b == p.num_blocks and p.pull_deadline is None and p.wait_for_pull:
             # a reply that arrives mid-step counts for the next step but answers a pull sent one clock
             # earlier, so an interleaved (threaded) driver may run one step further ahead
             slack = p.ssp_slack + (1 if self.split_steps else 0)
             for other, oc in enumerate(self.workers):
                 if other not in self.departed:
-                    self._check(oc.step >= plan.step - slack,
-                                f"SSP: w{w} began step {plan.step} while w{other} completed only {oc.step} "
-                                f"(slack {p.ssp_slack})")
+                    self._check(
+                        oc.step >= plan.step - slack,
+                        f"SSP: w{w} began step {plan.step} while w{other} completed only {oc.step} "
+                        f"(slack {p.ssp_slack})",
+                    )
         self.computed[w] = self.hooks.compute(w, plan)
         self.plans[w].append(plan)
 
@@ -433,13 +439,19 @@ class Harness:
         outstanding = set(core.outstanding)
         pushes, pulls = core.end_step(self.now)
         self.trace.append(f"t={self.now:g} w{w} end step {plan.step}")
-        self._check([(q.block, q.base, q.step) for q in pushes]
-                    == [(j, plan.versions[j], plan.step) for j in range(self.policy.num_blocks)],
-                    f"w{w} pushes {pushes} do not match its plan {plan}")
-        self._check(sorted(q.block for q in pulls) == sorted(set(range(self.policy.num_blocks)) - outstanding),
-                    f"w{w} pulls {pulls} with {sorted(outstanding)} outstanding")
-        self._check(all(q.want_gt == core.versions[q.block] and q.clock == core.step for q in pulls),
-                    f"w{w} pulls {pulls} do not ask for newer than its versions {core.versions}")
+        self._check(
+            [(q.block, q.base, q.step) for q in pushes]
+            == [(j, plan.versions[j], plan.step) for j in range(self.policy.num_blocks)],
+            f"w{w} pushes {pushes} do not match its plan {plan}",
+        )
+        self._check(
+            sorted(q.block for q in pulls) == sorted(set(range(self.policy.num_blocks)) - outstanding),
+            f"w{w} pulls {pulls} with {sorted(outstanding)} outstanding",
+        )
+        self._check(
+            all(q.want_gt == core.versions[q.block] and q.clock == core.step for q in pulls),
+            f"w{w} pulls {pulls} do not ask for newer than its versions {core.versions}",
+        )
         computed = self.computed.pop(w)
         for q in pushes:
             payload = self.hooks.push_payload(w, q.block, computed)
@@ -501,12 +513,18 @@ class Harness:
                 self._on_apply(s, a)
             elif isinstance(a, Send):
                 want = self.pending_pulls.pop((a.worker, a.block), None)
-                self._check(want is not None or a.worker in self.departed,
-                            f"s{s} sent block {a.block} to w{a.worker}, which has no pull pending")
-                self._check(a.version == self.version[a.block], f"s{s} sent v{a.version} of block {a.block}, "
-                            f"which is at v{self.version[a.block]}")
-                self._check(want is None or p.immediate_pull or a.version > want,
-                            f"s{s} answered a pull for > v{want} with v{a.version}")
+                self._check(
+                    want is not None or a.worker in self.departed,
+                    f"s{s} sent block {a.block} to w{a.worker}, which has no pull pending",
+                )
+                self._check(
+                    a.version == self.version[a.block],
+                    f"s{s} sent v{a.version} of block {a.block}, which is at v{self.version[a.block]}",
+                )
+                self._check(
+                    want is None or p.immediate_pull or a.version > want,
+                    f"s{s} answered a pull for > v{want} with v{a.version}",
+                )
                 self.sends += 1
                 payload = self.hooks.reply_payload(s, a.block, a.version)
                 self.channels[(f"s{s}", f"w{a.worker}")].append(BlockMsg(s, a.block, a.version, payload))
@@ -517,8 +535,10 @@ class Harness:
 
     def _on_accept(self, s: int, a: Accept, push: PushMsg | None) -> None:
         p = self.policy
-        self._check(push is not None and (a.worker, a.block, a.base) == (push.worker, push.block, push.base),
-                    f"s{s} accepted {a} for message {push}")
+        self._check(
+            push is not None and (a.worker, a.block, a.base) == (push.worker, push.block, push.base),
+            f"s{s} accepted {a} for message {push}",
+        )
         assert push is not None
         v = self.version[a.block]
         self._check(a.version == v, f"s{s} accepted {a} while the block is at v{v}")
@@ -538,8 +558,10 @@ class Harness:
         p, core = self.policy, self.servers[s]
         rnd = self.rounds[a.block]
         self._check(a.version == self.version[a.block] + 1, f"s{s} {a} does not follow v{self.version[a.block]}")
-        self._check(a.contributors == tuple((c.worker, c.base, c.weight) for c in rnd),
-                    f"s{s} {a} does not average exactly the accepted contributions {rnd}")
+        self._check(
+            a.contributors == tuple((c.worker, c.base, c.weight) for c in rnd),
+            f"s{s} {a} does not average exactly the accepted contributions {rnd}",
+        )
         self._check(len({c.worker for c in rnd}) == len(rnd), f"s{s} {a} has a worker twice")
         self._check(len(rnd) >= 1, f"s{s} applied {a} with no contribution")
         self._check(a.step == max(c.step for c in rnd), f"s{s} {a}: step is not the largest contributor step")
@@ -554,8 +576,10 @@ class Harness:
         quorum = max(1, min(p.k, len(can_contribute)))
         if a.by_deadline:
             opened = self.round_opened[a.block]
-            self._check(p.push_deadline is not None and opened is not None and self.now >= opened + p.push_deadline,
-                        f"s{s} {a} by deadline before the deadline (round opened at {opened}, now {self.now})")
+            self._check(
+                p.push_deadline is not None and opened is not None and self.now >= opened + p.push_deadline,
+                f"s{s} {a} by deadline before the deadline (round opened at {opened}, now {self.now})",
+            )
         else:
             self._check(len(rnd) == quorum, f"s{s} {a}: {len(rnd)} contributions, quorum is {quorum}")
         self.updates.append(AppliedUpdate(s, a, self.now, len(core.live), tuple(rnd)))
@@ -572,8 +596,10 @@ class Harness:
         if a.reason == "stale":
             self._check(push is not None and p.tau is not None and v - push.base > p.tau, f"s{s} wrongly stale: {a}")
         elif a.reason == "duplicate":
-            self._check(push is not None and any(c.worker == a.worker for c in self.rounds[a.block]),
-                        f"s{s} wrongly duplicate: {a}")
+            self._check(
+                push is not None and any(c.worker == a.worker for c in self.rounds[a.block]),
+                f"s{s} wrongly duplicate: {a}",
+            )
         elif a.reason == "left":
             self._check(a.worker in self.crashed, f"s{s} dropped {a}, but the worker's bye comes after its pushes")
         else:
@@ -588,8 +614,10 @@ class Harness:
             self._check(len(st.contributors) == len(self.rounds[j]), f"s{s} block {j} holds other contributions")
             for w, want in st.parked.items():
                 held_by_ssp = p.ssp_slack is not None and core.clocks[w] - slowest > p.ssp_slack
-                self._check(held_by_ssp or (want >= st.version and not p.immediate_pull),
-                            f"s{s} keeps w{w}'s pull for block {j} > v{want} parked at v{st.version}")
+                self._check(
+                    held_by_ssp or (want >= st.version and not p.immediate_pull),
+                    f"s{s} keeps w{w}'s pull for block {j} > v{want} parked at v{st.version}",
+                )
 
     def _final_checks(self) -> None:
         for w, core in enumerate(self.workers):
@@ -615,5 +643,6 @@ class Scenario:
 
     def run(self, hooks: Hooks | None = None) -> Harness:
         owners = block_owners(self.policy.num_blocks, self.num_servers)
-        return Harness(self.policy, owners, self.steps, seed=self.seed, split_steps=self.split_steps,
-                       stops=self.stops, hooks=hooks).run()
+        return Harness(
+            self.policy, owners, self.steps, seed=self.seed, split_steps=self.split_steps, stops=self.stops, hooks=hooks
+        ).run()

@@ -36,8 +36,10 @@ def bn_mlp() -> nn.Module:
 def minibatches(seed: int = 0) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
     """batches[step][worker] = (x, y), fixed."""
     g = torch.Generator().manual_seed(seed)
-    return [[(torch.randn(BATCH, 8, generator=g), torch.randint(0, 4, (BATCH,), generator=g)) for _ in range(N)]
-            for _ in range(STEPS)]
+    return [
+        [(torch.randn(BATCH, 8, generator=g), torch.randint(0, 4, (BATCH,), generator=g)) for _ in range(N)]
+        for _ in range(STEPS)
+    ]
 
 
 class TorchHooks(Hooks):
@@ -51,8 +53,9 @@ class TorchHooks(Hooks):
         self.theta0 = theta0
         for flat in self.flats:  # make sure the initial pull, not the copy, is what workers start from
             flat.values.add_(1.0)
-        self.stores = [BlockStore(layout, s, theta0, optimizer_factory(CFG), lr_function(CFG, STEPS, N))
-                       for s in range(S)]
+        self.stores = [
+            BlockStore(layout, s, theta0, optimizer_factory(CFG), lr_function(CFG, STEPS, N)) for s in range(S)
+        ]
         self.pushed: list[list[torch.Tensor]] = [[] for _ in range(N)]
         self.seen: list[list[torch.Tensor]] = [[] for _ in range(N)]  # θ each step computed on
         self.applied: list[Apply] = []
@@ -70,7 +73,7 @@ class TorchHooks(Hooks):
 
     def push_payload(self, worker: int, block: int, computed: torch.Tensor) -> torch.Tensor:
         b = self.layout.blocks[block]
-        return computed[b.start:b.stop]
+        return computed[b.start : b.stop]
 
     def accept(self, server: int, action: Accept, payload: torch.Tensor) -> None:
         self.stores[server].accept(action, payload)
@@ -91,7 +94,7 @@ class TorchHooks(Hooks):
         for store in self.stores:
             for j, values in store.values.items():
                 b = self.layout.blocks[j]
-                out[b.start:b.stop] = values
+                out[b.start : b.stop] = values
         return out
 
 
@@ -108,8 +111,9 @@ def run_bsp(make_model, seed: int, split: bool, steps: int = STEPS) -> tuple[Tor
 
 def reference_sgd(model: nn.Module, batches: list) -> torch.Tensor:
     """Single-process SGD, mean loss over the union of the N minibatches of each step."""
-    opt = torch.optim.SGD(model.parameters(), lr=CFG.lr, momentum=CFG.momentum, nesterov=True,
-                          weight_decay=CFG.weight_decay)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=CFG.lr, momentum=CFG.momentum, nesterov=True, weight_decay=CFG.weight_decay
+    )
     for step in batches:
         x = torch.cat([x for x, _ in step])
         y = torch.cat([y for _, y in step])

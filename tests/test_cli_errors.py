@@ -38,8 +38,8 @@ def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
         (["train", "--set", "noequals"], "--set 'noequals': write it as section.field=value"),
         (["train", "--config", "/no/such.yaml"], "config file '/no/such.yaml' does not exist"),
         (["train", "--set", "timeouts.heartbeat=1"], "heartbeat must exceed"),
-    (["train", "--mode", "ssp", "--k", "2"], "sync.k=2: ssp applies every gradient on arrival"),
-    (["train", "--mode", "partial-pull", "--tau", "0", "--blocks", "4"], "can deadlock"),
+        (["train", "--mode", "ssp", "--k", "2"], "sync.k=2: ssp applies every gradient on arrival"),
+        (["train", "--mode", "partial-pull", "--tau", "0", "--blocks", "4"], "can deadlock"),
         (["summarize", "/tmp"], "is not a run directory"),
     ],
 )

@@ -46,8 +46,10 @@ def test_blocks_are_equal_and_only_the_last_is_smaller() -> None:
 
 def test_parameters_come_before_buffers() -> None:
     params = [TensorSpec("lin.weight", (4, 3), "float32", False), TensorSpec("lin.bias", (4,), "float32", False)]
-    buffers = [TensorSpec("bn.running_mean", (4,), "float32", True),
-               TensorSpec("bn.running_var", (4,), "float32", True)]
+    buffers = [
+        TensorSpec("bn.running_mean", (4,), "float32", True),
+        TensorSpec("bn.running_var", (4,), "float32", True),
+    ]
     ordered = order_tensors(params, buffers)
     assert [t.name for t in ordered] == ["lin.weight", "lin.bias", "bn.running_mean", "bn.running_var"]
     layout = build_layout(ordered, 4, 2)  # 24 elements, 16 parameters: blocks of 6
@@ -57,9 +59,12 @@ def test_parameters_come_before_buffers() -> None:
 
 
 def test_integer_buffers_are_not_part_of_theta() -> None:
-    bufs = [TensorSpec("bn.running_mean", (4,), "float32", True),
-            TensorSpec("bn.num_batches_tracked", (), "int64", True),
-            TensorSpec("mask", (4,), "bool", True), TensorSpec("half", (2,), "float16", True)]
+    bufs = [
+        TensorSpec("bn.running_mean", (4,), "float32", True),
+        TensorSpec("bn.num_batches_tracked", (), "int64", True),
+        TensorSpec("mask", (4,), "bool", True),
+        TensorSpec("half", (2,), "float16", True),
+    ]
     ordered = order_tensors([TensorSpec("w", (3,), "float32", False)], bufs)
     assert [t.name for t in ordered] == ["w", "bn.running_mean", "half"]
     assert all(t.is_buffer for t in ordered[1:]) and not ordered[0].is_buffer
@@ -112,8 +117,11 @@ def test_servers_are_balanced_by_bytes() -> None:
 # -- digest --------------------------------------------------------------------------------------------
 
 
-BASE = (TensorSpec("a", (4, 6), "float32", False), TensorSpec("b", (6,), "float32", False),
-        TensorSpec("m", (6,), "float32", True))
+BASE = (
+    TensorSpec("a", (4, 6), "float32", False),
+    TensorSpec("b", (6,), "float32", False),
+    TensorSpec("m", (6,), "float32", True),
+)
 
 
 def digest(tensors: tuple[TensorSpec, ...] = BASE, blocks: int = 4, servers: int = 2) -> str:

@@ -91,8 +91,19 @@ def test_every_preset_is_valid(mode: str, n: int, nb: int, rho: float, backups: 
 
 @pytest.mark.parametrize(
     ("value", "total", "expected"),
-    [(1, 5, 1), (5, 5, 5), (3, 7, 3), (0.5, 4, 2), (0.3, 10, 3), (0.25, 10, 3), (1.0, 7, 7), (1e-6, 5, 1),
-     (0.1, 30, 3), (0.7, 10, 7), (0.2, 15, 3)],
+    [
+        (1, 5, 1),
+        (5, 5, 5),
+        (3, 7, 3),
+        (0.5, 4, 2),
+        (0.3, 10, 3),
+        (0.25, 10, 3),
+        (1.0, 7, 7),
+        (1e-6, 5, 1),
+        (0.1, 30, 3),
+        (0.7, 10, 7),
+        (0.2, 15, 3),
+    ],
 )
 def test_resolve_count_counts_and_fractions(value: int | float, total: int, expected: int) -> None:
     assert resolve_count(value, total, "k") == expected
@@ -151,8 +162,10 @@ def test_sync_policy_checks_itself() -> None:
         SyncPolicy("bsp", num_workers=3, num_blocks=2, k=3, b=0, tau=0)
 
 
-@pytest.mark.parametrize(("tau", "block", "base", "ok"),
-                         [(None, 100, 0, True), (0, 3, 3, True), (0, 3, 2, False), (2, 5, 3, True), (2, 5, 2, False)])
+@pytest.mark.parametrize(
+    ("tau", "block", "base", "ok"),
+    [(None, 100, 0, True), (0, 3, 3, True), (0, 3, 2, False), (2, 5, 3, True), (2, 5, 2, False)],
+)
 def test_accepts_is_the_staleness_bound(tau: int | None, block: int, base: int, ok: bool) -> None:
     p = make_policy("backup", 2, 2, tau=tau) if tau is not None else make_policy("async", 2, 2)
     assert p.accepts(block, base) is ok

@@ -27,8 +27,9 @@ FAST = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCh
 
 
 @st.composite
-def scenarios(draw: st.DrawFn, modes: tuple[str, ...] = MODES, stops: bool = False,
-              overrides: bool = True, deadlines: bool = True) -> Scenario:
+def scenarios(
+    draw: st.DrawFn, modes: tuple[str, ...] = MODES, stops: bool = False, overrides: bool = True, deadlines: bool = True
+) -> Scenario:
     """A cluster, a policy of `modes` with random valid thresholds, and an event-order seed.
 
     Thresholds stay inside the design table: ssp keeps k = 1 and no τ (its row), and a partial pull
@@ -124,10 +125,10 @@ def test_bsp_runs_in_lockstep(scenario: Scenario) -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.integers(2, 5), st.integers(1, 3), st.integers(0, 3), st.integers(0, 2), st.integers(0, 2**32 - 1),
-       st.booleans())
-def test_ssp_bounds_how_far_ahead_a_worker_runs(n: int, s: int, extra: int, slack: int, seed: int,
-                                                split: bool) -> None:
+@given(
+    st.integers(2, 5), st.integers(1, 3), st.integers(0, 3), st.integers(0, 2), st.integers(0, 2**32 - 1), st.booleans()
+)
+def test_ssp_bounds_how_far_ahead_a_worker_runs(n: int, s: int, extra: int, slack: int, seed: int, split: bool) -> None:
     """b = B, no pull deadline: the harness checks at every begin_step that no worker starts step t
     before every live worker completed t - slack steps (one more for a driver that installs replies
     while computing, see harness.py)."""

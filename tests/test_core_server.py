@@ -120,8 +120,7 @@ def test_push_of_a_worker_that_left_is_dropped() -> None:
 
 
 def test_drop_reasons_are_the_documented_ones() -> None:
-    assert set(DROP_REASONS) == {"stale", "duplicate", "future", "unknown-block", "unknown-worker", "left",
-                                 "malformed"}
+    assert set(DROP_REASONS) == {"stale", "duplicate", "future", "unknown-block", "unknown-worker", "left", "malformed"}
 
 
 # -- pulls ---------------------------------------------------------------------------------------------

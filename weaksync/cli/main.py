@@ -180,6 +180,9 @@ def main() -> None:
     from ..training.data import DataError
 
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the run as cleanly as Ctrl-C does
+    # Ctrl-C always stops a run, even when started from a shell that ignored SIGINT for it (a
+    # background job, some CI runners): an inherited SIG_IGN would leave every process running.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = app(standalone_mode=False)  # typer returns 130 on Ctrl-C instead of raising
         if code == 130:

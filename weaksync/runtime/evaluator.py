@@ -16,6 +16,7 @@ import torch
 import zmq
 
 from ..training.evaluate import evaluate_loss_and_accuracy
+from ..training.workload import seed_model_init
 from ..transport.messages import BadMessage, decode, encode
 from ..transport.sockets import connect_dealer
 from .eventlog import EventLog
@@ -36,7 +37,7 @@ class Evaluator:
     def __init__(self, spec: RoleSpec):
         cfg = spec.config
         self.spec = spec
-        torch.manual_seed(cfg.run.seed)
+        seed_model_init(cfg.run.seed)
         self.model = spec.workload.model_fn()
         self.layout = model_layout(self.model, cfg.cluster.servers, cfg.cluster.blocks)
         self.flat = FlatModel(self.model, self.layout)

@@ -19,14 +19,13 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-import torch
 import zmq
 from torch.distributed import PrefixStore, TCPStore
 
 from ..config import Config, ConfigError, dump_config
 from ..report.summary import build_summary
 from ..stragglers.cgroup import CpuThrottle
-from ..training.workload import Workload, builtin_workload
+from ..training.workload import Workload, builtin_workload, seed_model_init
 from ..transport.messages import encode
 from ..transport.sockets import connect_dealer
 from .flat import model_layout
@@ -35,6 +34,7 @@ from .spec import RoleError, RoleSpec
 
 PRELOAD = [
     "torch",
+    "torch._dynamo",  # torch.optim imports it on first use: pay it once here, not in every server
     "sklearn.datasets",
     "weaksync.runtime.server",
     "weaksync.runtime.worker",
@@ -102,7 +102,7 @@ def prepare(config: Config, workload: Workload | None) -> tuple[Workload, dict[s
         workload = builtin_workload(
             config.model.name, config.data.name, config.data.dir, config.run.seed, config.data.synthetic_size
         )
-    torch.manual_seed(config.run.seed)
+    seed_model_init(config.run.seed)
     try:
         layout = model_layout(workload.model_fn(), config.cluster.servers, config.cluster.blocks)
     except ValueError as exc:

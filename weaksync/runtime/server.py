@@ -20,6 +20,7 @@ from ..core.layout import BlockLayout
 from ..core.server import ServerCore
 from ..stragglers.delays import delayer_for
 from ..training.optim import lr_function, optimizer_factory
+from ..training.workload import seed_model_init
 from ..transport.messages import BadMessage, Message, decode, encode, payload_problem
 from ..transport.sockets import bind_router
 from .eventlog import EventLog
@@ -38,7 +39,7 @@ def worker_identity(worker: int) -> bytes:
 
 def build_theta0(spec: RoleSpec) -> tuple[BlockLayout, torch.Tensor]:
     """θ₀ and the layout, identical on every rank: the model is built right after seeding."""
-    torch.manual_seed(spec.config.run.seed)
+    seed_model_init(spec.config.run.seed)
     model = spec.workload.model_fn()
     layout = model_layout(model, spec.config.cluster.servers, spec.config.cluster.blocks)
     return layout, FlatModel(model, layout).values

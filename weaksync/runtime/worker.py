@@ -20,6 +20,7 @@ from torch.distributed import Store
 from ..core.worker import WorkerCore
 from ..stragglers.delays import delayer_for
 from ..training.data import BatchStream, shard_indices
+from ..training.workload import seed_model_init
 from ..transport.messages import BadMessage, decode, encode
 from ..transport.sockets import connect_dealer
 from .eventlog import EventLog
@@ -68,7 +69,7 @@ class Worker:
         cfg = spec.config
         self.spec = spec
         self.id = spec.rank
-        torch.manual_seed(cfg.run.seed)
+        seed_model_init(cfg.run.seed)
         self.model = spec.workload.model_fn()
         self.layout = model_layout(self.model, cfg.cluster.servers, cfg.cluster.blocks)
         self.flat = FlatModel(self.model, self.layout)

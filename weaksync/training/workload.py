@@ -16,6 +16,14 @@ DataFn = Callable[[], tuple[Dataset, Dataset]]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def seed_model_init(seed: int) -> None:
+    """Seed the CPU generator that initialises models, identically on every rank.
+
+    Not torch.manual_seed: it is wrapped in a dynamo guard whose first call imports torch._dynamo,
+    5–10 s of CPU on a small machine, in every process of a run."""
+    torch.default_generator.manual_seed(seed)
+
+
 @dataclass(frozen=True)
 class Workload:
     """`model_fn()` builds the model (called after torch.manual_seed(seed) on every rank);
