@@ -91,9 +91,8 @@ def main() -> None:
     for numel in args.sizes:
         ours = max(results[("weaksync", numel)])
         raw = max(results[("raw", numel)])
-        print(
-            f"| {numel:,} | {numel * 4:,} | {ours:,.0f} | {raw:,.0f} | {ours / raw:.2f} | {ours * numel * 4 / 1e6:,.0f} |"
-        )
+        rate = ours * numel * 4 / 1e6
+        print(f"| {numel:,} | {numel * 4:,} | {ours:,.0f} | {raw:,.0f} | {ours / raw:.2f} | {rate:,.0f} |")
     print(f"\nbest of {args.repeats} interleaved repeats of {args.seconds:g} s per size and path")
 
 
