@@ -87,6 +87,8 @@ def test_payload_checks() -> None:
     assert "non-finite" in payload_problem(torch.tensor([0.0, float("nan")]), 2)
     assert "non-finite" in payload_problem(torch.tensor([float("inf")]), 1)
     assert payload_problem(None, 1) == "missing payload"
+    assert payload_problem(torch.tensor([3e38, 3e38]), 2) is None  # the sum overflows; every value is finite
+    assert "non-finite" in payload_problem(torch.tensor([3e38, float("-inf")]), 2)
 
 
 def test_encode_refuses_payloads_it_cannot_send_without_copy() -> None:
