@@ -10,6 +10,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from ..bench.matrix import DEFAULT_MODES, DEFAULT_SCENARIOS
 from ..config import ConfigError, load_config
 from .progress import LiveProgress, print_summary
 
@@ -118,6 +119,40 @@ def train(
         if progress:
             progress.stop()
     print_summary(console, result.run_dir, result.summary)
+
+
+@app.command()
+def bench(
+    scenarios: list[str] = typer.Option(
+        list(DEFAULT_SCENARIOS), "--scenario", help="repeatable; 'none' = no stragglers"
+    ),
+    modes: list[str] = typer.Option(list(DEFAULT_MODES), "--mode", help="repeatable; 'ddp' = PyTorch DDP (gloo)"),
+    repeats: int = typer.Option(2, min=1, help="interleaved repeats of the whole matrix"),
+    out: Path | None = typer.Option(None, help="results directory (default: runs/bench-<time>)"),
+    set_: list[str] = typer.Option([], "--set", help="any config field for every run: section.field=value"),
+) -> None:
+    """Run a scenario × mode matrix side by side and report ratios against bsp and PyTorch DDP."""
+    import time as _time
+
+    from rich.progress import Progress
+
+    from ..bench.matrix import plan, run_matrix
+
+    out_dir = out or Path("runs") / f"bench-{_time.strftime('%Y%m%d-%H%M%S')}"
+    overrides = _set_pairs(set_)
+    console = Console()
+    cells = plan(scenarios, modes, repeats)
+    with Progress(console=console) as progress:
+        task = progress.add_task("bench", total=len(cells))
+
+        def on_cell(cell, summary, failure) -> None:
+            what = failure or f"acc {summary['final_accuracy']:.3f}, {summary['steps_per_s']:.0f} steps/s"
+            progress.console.print(f"{cell.scenario} / {cell.mode} / repeat {cell.repeat}: {what}")
+            progress.advance(task)
+
+        run_matrix(scenarios, modes, repeats, out_dir, overrides, on_cell)
+    console.print((out_dir / "results.md").read_text())
+    console.print(f"results: {out_dir} (weaksync report {out_dir}/* renders the runs)")
 
 
 @app.command()
