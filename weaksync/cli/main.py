@@ -1,4 +1,4 @@
-"""`weaksync` command line: train (embedded cluster), summarize a run directory."""
+"""`weaksync` command line: train, bench, report, summarize, throttle, cluster."""
 
 from __future__ import annotations
 
@@ -207,6 +207,18 @@ _register_cluster()
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+@app.command()
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="one or more run directories"),
+    out: Path = typer.Option(Path("report"), "--out", help="folder for report.md, report.html and img/"),
+    target: float | None = typer.Option(None, help="target accuracy for time-to-accuracy (default: each run's)"),
+) -> None:
+    """Compare runs: tables and plots in report.md and one self-contained report.html."""
+    from ..report.build import build_report
+
+    Console().print(f"report: {build_report(run_dirs, out, target)}")
 
 
 def main() -> None:
