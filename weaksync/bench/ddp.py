@@ -30,9 +30,16 @@ import torch.distributed as dist
 from torch.distributed import PrefixStore, TCPStore
 
 from ..config import Config, ConfigError, dump_config
-from ..report.summary import build_summary
 from ..runtime.eventlog import EventLog
-from ..runtime.launcher import PRELOAD, RunFailed, RunResult, describe_exit, make_run_dir, prepare
+from ..runtime.launcher import (
+    PRELOAD,
+    RunResult,
+    describe_exit,
+    finish_run,
+    make_run_dir,
+    prepare,
+    stop_processes,
+)
 from ..runtime.resources import peak_rss_bytes, write_json
 from ..runtime.spec import RoleError, install_stop_handlers, watch_parent
 from ..stragglers.delays import delayer_for
@@ -275,17 +282,11 @@ def run_ddp(config: Config, workload: Workload | None = None, poll_interval: flo
     except KeyboardInterrupt:
         failure = "interrupted by Ctrl-C"
     finally:
-        killed = _stop_all(procs, config.timeouts.shutdown)
+        killed = stop_processes(procs, config.timeouts.shutdown)
         if throttle is not None:
             throttle.close()
         del store  # closes the store's server socket
-    summary = build_summary(run_dir, config.train.target_accuracy)
-    if failure:
-        summary["failure"] = failure
-        write_json(run_dir / "summary.json", summary)
-        more = f"; killed after the {config.timeouts.shutdown:.0f}s grace: {', '.join(killed)}" if killed else ""
-        raise RunFailed(f"{failure}; all {len(procs)} processes stopped{more}; logs in {run_dir}")
-    return RunResult(run_dir, summary)
+    return finish_run(run_dir, config, failure, killed, len(procs))
 
 
 def _watch(procs: dict[str, BaseProcess], run_dir: Path, poll_interval: float) -> str | None:
@@ -307,19 +308,3 @@ def _watch(procs: dict[str, BaseProcess], run_dir: Path, poll_interval: float) -
         if all(p.exitcode == 0 for p in procs.values()):
             return None
         time.sleep(poll_interval)
-
-
-def _stop_all(procs: dict[str, BaseProcess], grace: float) -> list[str]:
-    alive = [p for p in procs.values() if p.is_alive()]
-    for p in alive:
-        p.terminate()
-    deadline = time.monotonic() + grace
-    for p in alive:
-        p.join(max(0.0, deadline - time.monotonic()))
-    killed = []
-    for name, p in procs.items():
-        if p.is_alive():
-            p.kill()
-            p.join(5)
-            killed.append(name)
-    return killed

@@ -145,6 +145,34 @@ def make_run_dir(config: Config) -> Path:
     return run_dir
 
 
+def stop_processes(procs: dict[str, BaseProcess], grace: float) -> list[str]:
+    """SIGTERM everyone still running, wait the grace, SIGKILL the rest; returns the names killed."""
+    alive = [p for p in procs.values() if p.is_alive()]
+    for p in alive:
+        p.terminate()
+    deadline = time.monotonic() + grace
+    for p in alive:
+        p.join(max(0.0, deadline - time.monotonic()))
+    killed = []
+    for name, p in procs.items():
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+            killed.append(name)
+    return killed
+
+
+def finish_run(run_dir: Path, config: Config, failure: str | None, killed: list[str], processes: int) -> RunResult:
+    """Summarise a run that has ended; a failed one raises RunFailed with the reason on one line."""
+    summary = build_summary(run_dir, config.train.target_accuracy)
+    if failure:
+        summary["failure"] = failure
+        write_json(run_dir / "summary.json", summary)
+        more = f"; killed after the {config.timeouts.shutdown:.0f}s grace: {', '.join(killed)}" if killed else ""
+        raise RunFailed(f"{failure}; all {processes} processes stopped{more}; logs in {run_dir}")
+    return RunResult(run_dir, summary)
+
+
 class LocalCluster:
     """The processes of one embedded run and the store they meet at."""
 
@@ -209,20 +237,7 @@ class LocalCluster:
             sock.close(linger=1000)
 
     def stop_all(self) -> list[str]:
-        """SIGTERM everyone still running, wait the shutdown grace, SIGKILL the rest; returns the killed."""
-        alive = [p for p in self.procs.values() if p.is_alive()]
-        for p in alive:
-            p.terminate()
-        deadline = time.monotonic() + self.config.timeouts.shutdown
-        for p in alive:
-            p.join(max(0.0, deadline - time.monotonic()))
-        killed = []
-        for name, p in self.procs.items():
-            if p.is_alive():
-                p.kill()
-                p.join(5)
-                killed.append(name)
-        return killed
+        return stop_processes(self.procs, self.config.timeouts.shutdown)
 
     def progress(self) -> dict[str, Any]:
         out: dict[str, Any] = {"workers": {}}
@@ -262,13 +277,7 @@ def run_local(
         if cluster.throttle is not None:
             cluster.throttle.close()
         cluster.store = None  # type: ignore[assignment]  # closes the store's server socket
-    summary = build_summary(run_dir, config.train.target_accuracy)
-    if failure:
-        summary["failure"] = failure
-        write_json(run_dir / "summary.json", summary)
-        more = f"; killed after the {config.timeouts.shutdown:.0f}s grace: {', '.join(killed)}" if killed else ""
-        raise RunFailed(f"{failure}; all {len(cluster.procs)} processes stopped{more}; logs in {run_dir}")
-    return RunResult(run_dir, summary)
+    return finish_run(run_dir, config, failure, killed, len(cluster.procs))
 
 
 def _watch(cluster: LocalCluster, on_progress: ProgressCallback | None, poll_interval: float) -> str | None:

@@ -51,10 +51,6 @@ def connect_store(spec: RoleSpec) -> Store:
     return PrefixStore(f"weaksync/{spec.run_id}/", store)
 
 
-def store_get_json(store: Store, key: str) -> Any:
-    return json.loads(store.get(key).decode())
-
-
 def store_set_json(store: Store, key: str, value: Any) -> None:
     store.set(key, json.dumps(value))
 
