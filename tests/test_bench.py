@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from weaksync.bench.matrix import Cell, markdown, plan, run_matrix, summarise
+from weaksync.bench.matrix import (
+    BENCH_DEFAULTS,
+    Cell,
+    cell_config,
+    expand_scenarios,
+    markdown,
+    plan,
+    run_matrix,
+    summarise,
+)
 
 
 def test_plan_interleaves_modes_within_each_repeat() -> None:
@@ -44,3 +53,40 @@ def test_a_small_matrix_runs_and_writes_results(tmp_path: Path) -> None:
     assert results["failures"] == {}
     assert (tmp_path / "none__bsp__0" / "summary.json").exists()
     assert "| none | backup |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_all_expands_to_none_and_every_shipped_scenario_once() -> None:
+    from weaksync.stragglers.scenarios import list_scenarios
+
+    assert expand_scenarios(["spikes", "all"]) == ["spikes", "none", *[s for s in list_scenarios() if s != "spikes"]]
+    assert expand_scenarios(["none", "none"]) == ["none"]
+
+
+def test_bench_runs_evaluate_finely_unless_told_otherwise(tmp_path: Path) -> None:
+    cell = Cell("none", "bsp", 0)
+    assert cell_config(cell, tmp_path, {}).train.eval_interval == BENCH_DEFAULTS["train.eval_interval"]
+    assert cell_config(cell, tmp_path, {"train.eval_interval": 2.0}).train.eval_interval == 2.0
+
+
+def test_a_scenario_file_names_its_cells_by_stem() -> None:
+    assert Cell("/tmp/x/slow-x8.yaml", "bsp", 1).name == "slow-x8__bsp__1"
+
+
+def test_ratio_plot_draws_one_bar_per_mode_and_skips_unreached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import matplotlib.pyplot as plt
+
+    from weaksync.report import plots
+
+    ratios = {("none", "bsp"): 0.8, ("none", "ddp"): 1.0, ("spikes", "bsp"): None, ("spikes", "ddp"): 1.0}
+    table = [{"scenario": s, "mode": m, "tta_vs_ddp": r} for (s, m), r in ratios.items()]
+    seen = {}
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: seen.setdefault("ax", fig.axes[0]) and save(fig, path))
+    plots.bench_ratio_plot(table, tmp_path / "r.png", 0.95)
+    ax = seen["ax"]
+    heights = [p.get_height() for p in ax.patches]
+    assert heights[0] == 0.8 and len(heights) == 2 and heights[1] != heights[1]  # NaN: spikes/bsp not reached
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["none", "spikes"]
+    assert "time to accuracy" in ax.get_ylabel() and (tmp_path / "r.png").exists()
+    plt.close("all")

@@ -18,6 +18,7 @@ SHIPPED = [
     "slow-worker-x2",
     "slow-worker-x4",
     "spikes",
+    "spikes-5pct",
 ]
 
 

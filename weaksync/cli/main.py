@@ -124,7 +124,9 @@ def train(
 @app.command()
 def bench(
     scenarios: list[str] = typer.Option(
-        list(DEFAULT_SCENARIOS), "--scenario", help="repeatable; 'none' = no stragglers"
+        list(DEFAULT_SCENARIOS),
+        "--scenario",
+        help="repeatable; 'none' = no stragglers, 'all' = none + every shipped scenario",
     ),
     modes: list[str] = typer.Option(list(DEFAULT_MODES), "--mode", help="repeatable; 'ddp' = PyTorch DDP (gloo)"),
     repeats: int = typer.Option(2, min=1, help="interleaved repeats of the whole matrix"),
@@ -136,10 +138,11 @@ def bench(
 
     from rich.progress import Progress
 
-    from ..bench.matrix import plan, run_matrix
+    from ..bench.matrix import expand_scenarios, plan, run_matrix
 
     out_dir = out or Path("runs") / f"bench-{_time.strftime('%Y%m%d-%H%M%S')}"
     overrides = _set_pairs(set_)
+    scenarios = expand_scenarios(scenarios)
     console = Console()
     cells = plan(scenarios, modes, repeats)
     with Progress(console=console) as progress:

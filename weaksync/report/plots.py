@@ -174,3 +174,33 @@ def step_time_plot(runs: list[tuple[str, dict[str, Any], Steps]], path: Path) ->
         ax.legend(handles=[Patch(color=c, alpha=0.8, label=k) for k, c, _ in kinds], loc="upper right", fontsize=8)
     fig.suptitle("Per-worker step time and compute time")
     return _save(fig, path)
+
+
+def bench_ratio_plot(table: list[dict[str, Any]], path: Path, target: float, reference: str = "ddp") -> Path:
+    """`weaksync bench`: time to the target accuracy ÷ the reference's, one group of bars per scenario.
+
+    A missing bar means the mode (or its reference) did not reach the target in that scenario."""
+    scenarios = list(dict.fromkeys(e["scenario"] for e in table))
+    modes = [m for m in dict.fromkeys(e["mode"] for e in table) if m != reference]
+    key = f"tta_vs_{reference}"
+    values = {(e["scenario"], e["mode"]): e.get(key) for e in table}
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(scenarios) + 3), 4.5))
+    width = 0.8 / max(len(modes), 1)
+    x = np.arange(len(scenarios))
+    plotted = False
+    for i, mode in enumerate(modes):
+        heights = [values.get((s, mode)) for s in scenarios]
+        bars = [np.nan if h is None else h for h in heights]
+        plotted = plotted or any(h is not None for h in heights)
+        ax.bar(x - 0.4 + width * (i + 0.5), bars, width, label=mode)
+    ax.axhline(1.0, color="black", linewidth=1, label="reference = 1")
+    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="0.5")
+    if not plotted:
+        _no_data(ax, "time-to-accuracy ratios")
+    ax.set_xticks(x, scenarios, rotation=20, ha="right")
+    ref_name = "DDP" if reference == "ddp" else reference
+    ax.set(title=f"Time to {target:.0%} test accuracy relative to {ref_name} (lower is better)",
+           ylabel=f"time to accuracy ÷ {ref_name} (ratio)", xlabel="scenario")  # fmt: skip
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, ncol=2)
+    return _save(fig, path)
