@@ -10,6 +10,7 @@ import pytest
 from weaksync.bench.matrix import (
     BENCH_DEFAULTS,
     Cell,
+    best_markdown,
     cell_config,
     expand_scenarios,
     markdown,
@@ -90,3 +91,16 @@ def test_ratio_plot_draws_one_bar_per_mode_and_skips_unreached(tmp_path: Path, m
     assert [t.get_text() for t in ax.get_xticklabels()] == ["none", "spikes"]
     assert "time to accuracy" in ax.get_ylabel() and (tmp_path / "r.png").exists()
     plt.close("all")
+
+
+def test_best_mode_is_the_fastest_weaksync_mode_and_never_ddp() -> None:
+    def e(scenario: str, mode: str, tta: float | None) -> dict:
+        ratios = (
+            {"tta_vs_bsp": None, "tta_vs_ddp": None} if tta is None else {"tta_vs_bsp": tta / 4, "tta_vs_ddp": tta / 8}
+        )
+        return {"scenario": scenario, "mode": mode, "time_to_accuracy": tta, "final_accuracy": 0.97, **ratios}
+
+    table = [e("x", "bsp", 4.0), e("x", "async", 1.0), e("x", "ddp", 0.5), e("y", "bsp", None), e("y", "ddp", 2.0)]
+    text = best_markdown(table, 0.95)
+    assert "| x | async | 1.00 | 0.970 | 0.25 | 0.12 |" in text
+    assert "| y | none reached 95% | – | – | – | – |" in text

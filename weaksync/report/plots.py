@@ -193,12 +193,12 @@ def bench_ratio_plot(table: list[dict[str, Any]], path: Path, target: float, ref
         bars = [np.nan if h is None else h for h in heights]
         plotted = plotted or any(h is not None for h in heights)
         ax.bar(x - 0.4 + width * (i + 0.5), bars, width, label=mode)
-    ax.axhline(1.0, color="black", linewidth=1, label="reference = 1")
-    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="0.5")
+    ref_name = "DDP" if reference == "ddp" else reference
+    ax.axhline(1.0, color="black", linewidth=1, label=f"{ref_name} = 1")
+    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="half of it")
     if not plotted:
         _no_data(ax, "time-to-accuracy ratios")
     ax.set_xticks(x, scenarios, rotation=20, ha="right")
-    ref_name = "DDP" if reference == "ddp" else reference
     ax.set(title=f"Time to {target:.0%} test accuracy relative to {ref_name} (lower is better)",
            ylabel=f"time to accuracy ÷ {ref_name} (ratio)", xlabel="scenario")  # fmt: skip
     ax.grid(alpha=0.3, axis="y")
