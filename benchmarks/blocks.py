@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 
+from weaksync.cli.main import stop_on_interrupt
 from weaksync.config import load_config
 from weaksync.runtime.launcher import run_local
 
 
 def main() -> None:
+    stop_on_interrupt()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, nargs="*", default=[2, 4, 16, 64, 256])
     parser.add_argument("--modes", nargs="*", default=["bsp", "partial-pull"])

@@ -18,6 +18,7 @@ import time
 import torch
 import zmq
 
+from weaksync.cli.main import stop_on_interrupt
 from weaksync.transport.messages import decode, encode, payload_problem
 from weaksync.transport.sockets import bind_router, connect_dealer
 
@@ -60,6 +61,7 @@ def round_trips(dealer: zmq.Socket, mode: str, numel: int, seconds: float) -> fl
 
 
 def main() -> None:
+    stop_on_interrupt()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--sizes", type=int, nargs="*", default=[1024, 16_384, 262_144, 1_048_576])

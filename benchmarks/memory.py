@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from weaksync.bench.ddp import run_ddp
+from weaksync.cli.main import stop_on_interrupt
 from weaksync.config import load_config
 from weaksync.runtime.flat import model_layout
 from weaksync.runtime.launcher import PRELOAD, run_local
@@ -65,6 +66,7 @@ def reference_peaks(model_name: str, batch: int, steps: int) -> dict[str, int]:
 
 
 def main() -> None:
+    stop_on_interrupt()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/bench-memory"))
     parser.add_argument("--model", default="resnet50")

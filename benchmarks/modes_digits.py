@@ -13,12 +13,14 @@ import statistics
 import time
 from pathlib import Path
 
+from weaksync.cli.main import stop_on_interrupt
 from weaksync.config import load_config
 from weaksync.core.policy import MODES
 from weaksync.runtime.launcher import run_local
 
 
 def main() -> None:
+    stop_on_interrupt()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default="runs/bench-modes")

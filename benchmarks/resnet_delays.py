@@ -26,6 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from weaksync.bench.matrix import Cell, run_matrix  # noqa: E402
+from weaksync.cli.main import stop_on_interrupt
 
 MODES = ["bsp", "backup", "partial", "async", "ddp"]
 
@@ -79,6 +80,7 @@ def ratio(rows: dict, factor: float, mode: str, ref: str, key: Any, repeats: int
 
 
 def main() -> None:
+    stop_on_interrupt()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/bench-resnet"))
     parser.add_argument("--factors", type=float, nargs="*", default=[1, 2, 4, 8])

@@ -19,6 +19,7 @@ import itertools
 import statistics
 from typing import Any
 
+from weaksync.cli.main import stop_on_interrupt
 from weaksync.config import load_config
 from weaksync.runtime.launcher import run_local
 from weaksync.stragglers.cgroup import available
@@ -40,6 +41,7 @@ def med(rows: list[dict[str, Any]], key: str) -> float | None:
 
 
 def main() -> None:
+    stop_on_interrupt()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default="runs/bench-stragglers")

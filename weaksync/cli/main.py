@@ -224,15 +224,20 @@ def report(
     Console().print(f"report: {build_report(run_dirs, out, target)}")
 
 
+def stop_on_interrupt() -> None:
+    """Ctrl-C and `kill` stop a run cleanly (KeyboardInterrupt), also for scripts such as benchmarks/*.
+
+    An inherited SIG_IGN for SIGINT (a background job, some CI runners) would leave every process running."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main() -> None:
     """Console entry: bad input and failed runs end with one line on stderr and a non-zero exit."""
     from ..runtime.launcher import RunFailed
     from ..training.data import DataError
 
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the run as cleanly as Ctrl-C does
-    # Ctrl-C always stops a run, even when started from a shell that ignored SIGINT for it (a
-    # background job, some CI runners): an inherited SIG_IGN would leave every process running.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    stop_on_interrupt()
     try:
         code = app(standalone_mode=False)  # typer returns 130 on Ctrl-C instead of raising
         if code == 130:

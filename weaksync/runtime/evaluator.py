@@ -24,6 +24,7 @@ from .flat import FlatModel, model_layout
 from .spec import RoleSpec, connect_store, install_stop_handlers, store_set_json, watch_parent
 
 NICE = 10
+DONE_POLL = 0.1  # seconds between checks for the end of training while waiting for the next snapshot
 
 
 MAX_PENDING_BYTES = 256 << 20
@@ -91,9 +92,11 @@ class Evaluator:
         interval = self.spec.config.train.eval_interval
         try:
             while not stop.is_set() and not store.check(done_keys):
-                started = time.monotonic()
+                next_at = time.monotonic() + interval
                 self.take()
-                stop.wait(max(0.01, interval - (time.monotonic() - started)))
+                # the end of training is noticed within DONE_POLL, however long eval_interval is
+                while not stop.is_set() and time.monotonic() < next_at and not store.check(done_keys):
+                    stop.wait(min(DONE_POLL, max(0.0, next_at - time.monotonic())))
             if not stop.is_set():
                 self.take(final=True)
         finally:

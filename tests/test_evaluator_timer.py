@@ -1,0 +1,49 @@
+"""The evaluator's snapshot timer notices the end of training promptly, whatever eval_interval is."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from types import SimpleNamespace
+
+from weaksync.runtime.evaluator import Evaluator
+
+
+class FakeStore:
+    """`check` turns true once `done_after` checks have been made, like the workers' done keys."""
+
+    def __init__(self, done_after: int) -> None:
+        self.checks = 0
+        self.done_after = done_after
+
+    def check(self, keys: list[str]) -> bool:
+        self.checks += 1
+        return self.checks > self.done_after
+
+
+def run_timer(interval: float, done_after: int) -> tuple[list[bool], threading.Thread]:
+    taken: list[bool] = []
+    fake = SimpleNamespace(
+        spec=SimpleNamespace(config=SimpleNamespace(train=SimpleNamespace(eval_interval=interval))),
+        take=lambda final=False: taken.append(final),
+        pending=queue.Queue(),
+    )
+    thread = threading.Thread(
+        target=Evaluator.snapshots, args=(fake, FakeStore(done_after), ["k"], threading.Event()), daemon=True
+    )
+    thread.start()
+    thread.join(timeout=20)
+    return taken, thread
+
+
+def test_a_long_interval_does_not_delay_the_final_snapshot() -> None:
+    # workers finish right after the first snapshot; with an hour between snapshots the timer must not sleep it out
+    taken, thread = run_timer(interval=3600.0, done_after=3)
+    assert not thread.is_alive(), "the snapshot timer slept through the end of training"
+    assert taken == [False, True]
+
+
+def test_short_intervals_take_periodic_snapshots_then_a_final_one() -> None:
+    taken, thread = run_timer(interval=0.01, done_after=20)
+    assert not thread.is_alive()
+    assert taken[-1] is True and taken.count(True) == 1 and len(taken) >= 3
