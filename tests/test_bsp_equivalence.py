@@ -18,7 +18,7 @@ from torch import nn
 from weaksync.config import OptimSection
 from weaksync.core import Accept, Apply, BlockLayout, StepPlan, make_policy
 from weaksync.runtime.blockstore import BlockStore
-from weaksync.runtime.flat import FlatModel, model_layout
+from weaksync.runtime.flat import FlatModel, block_values, model_layout
 from weaksync.training.optim import lr_function, optimizer_factory
 
 N, S, B, STEPS, BATCH = 3, 2, 5, 4, 6
@@ -54,7 +54,14 @@ class TorchHooks(Hooks):
         for flat in self.flats:  # make sure the initial pull, not the copy, is what workers start from
             flat.values.add_(1.0)
         self.stores = [
-            BlockStore(layout, s, theta0, optimizer_factory(CFG), lr_function(CFG, STEPS, N)) for s in range(S)
+            BlockStore(
+                layout,
+                s,
+                block_values(model, layout, layout.blocks_of(s)),
+                optimizer_factory(CFG),
+                lr_function(CFG, STEPS, N),
+            )
+            for s in range(S)
         ]
         self.pushed: list[list[torch.Tensor]] = [[] for _ in range(N)]
         self.seen: list[list[torch.Tensor]] = [[] for _ in range(N)]  # θ each step computed on

@@ -25,7 +25,7 @@ class BlockStore:
         self,
         layout: BlockLayout,
         server: int,
-        theta0: torch.Tensor,
+        initial: dict[int, torch.Tensor],
         make_optimizer: OptimizerFactory,
         lr_at: LRFunction,
     ):
@@ -38,7 +38,7 @@ class BlockStore:
         self.snapshots: dict[int, torch.Tensor] = {}
         self.lr_at = lr_at
         for j, block in self.blocks.items():
-            values = theta0[block.start : block.stop].clone()
+            values = initial[j].clone()
             self.values[j] = values
             if block.num_params:
                 self.params[j] = nn.Parameter(values[: block.num_params])  # shares storage with values

@@ -6,6 +6,8 @@ gradient into slices of one buffer, so per-block messages cost no gathering.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -27,6 +29,23 @@ def model_layout(model: nn.Module, num_servers: int, num_blocks: int | None) -> 
     specs = tensor_specs(model)
     total = sum(t.numel for t in specs)
     return build_layout(specs, resolve_num_blocks(num_blocks, total, num_servers), num_servers)
+
+
+def block_values(model: nn.Module, layout: BlockLayout, blocks: Sequence[Block]) -> dict[int, torch.Tensor]:
+    """θ of the given blocks only, copied straight from the model's tensors, so a server that owns a share
+    of the blocks never holds all of θ (a full flat copy doubled its peak memory)."""
+    out = {b.index: torch.empty(b.stop - b.start, dtype=torch.float32) for b in blocks}
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    offset = 0
+    for spec in layout.tensors:
+        flat = tensors[spec.name].detach().reshape(-1)
+        lo, hi = offset, offset + spec.numel
+        for b in blocks:
+            start, stop = max(lo, b.start), min(hi, b.stop)
+            if start < stop:
+                out[b.index][start - b.start : stop - b.start].copy_(flat[start - lo : stop - lo])
+        offset = hi
+    return out
 
 
 class FlatModel:

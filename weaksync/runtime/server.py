@@ -24,9 +24,9 @@ from ..training.workload import seed_model_init
 from ..transport.messages import BadMessage, Message, decode, encode, payload_problem
 from ..transport.sockets import bind_router
 from .eventlog import EventLog
-from .flat import FlatModel, model_layout
+from .flat import block_values, model_layout
 from .outbox import Outbox
-from .resources import peak_rss_bytes, write_json
+from .resources import peak_rss_bytes, return_large_frees_to_os, write_json
 from .spec import RoleSpec, connect_store, install_stop_handlers, store_set_json, watch_parent
 
 LAUNCHER = b"launcher"
@@ -37,19 +37,20 @@ def worker_identity(worker: int) -> bytes:
     return f"w{worker}".encode()
 
 
-def build_theta0(spec: RoleSpec) -> tuple[BlockLayout, torch.Tensor]:
-    """θ₀ and the layout, identical on every rank: the model is built right after seeding."""
+def build_initial_blocks(spec: RoleSpec) -> tuple[BlockLayout, dict[int, torch.Tensor]]:
+    """The layout and θ₀ of this server's blocks, identical on every rank: the model is built right after
+    seeding, and dropped once its blocks are copied out."""
     seed_model_init(spec.config.run.seed)
     model = spec.workload.model_fn()
     layout = model_layout(model, spec.config.cluster.servers, spec.config.cluster.blocks)
-    return layout, FlatModel(model, layout).values
+    return layout, block_values(model, layout, layout.blocks_of(spec.rank))
 
 
 class Server:
     def __init__(self, spec: RoleSpec):
         cfg = spec.config
         self.spec = spec
-        self.layout, theta0 = build_theta0(spec)
+        self.layout, initial = build_initial_blocks(spec)
         self.policy = cfg.policy(self.layout.num_blocks)
         self.core = ServerCore(self.policy, [b.index for b in self.layout.blocks_of(spec.rank)])
         from .blockstore import BlockStore
@@ -57,7 +58,7 @@ class Server:
         self.blockstore = BlockStore(
             self.layout,
             spec.rank,
-            theta0,
+            initial,
             optimizer_factory(cfg.optim),
             lr_function(cfg.optim, cfg.train.steps, cfg.cluster.workers),
         )
@@ -325,6 +326,7 @@ def run_server(spec: RoleSpec) -> bool:
     """Entry point of a server process: bind, publish the endpoint, serve until told to stop.
     Returns False when it was interrupted (SIGINT/SIGTERM) instead."""
     install_stop_handlers()
+    return_large_frees_to_os()
     watch_parent(spec.watch_pid)
     torch.set_num_threads(spec.config.train.threads)
     server = Server(spec)
