@@ -163,6 +163,9 @@ def _train(spec: DdpSpec, log: EventLog, status: dict[str, Any]) -> None:
             snapshots.append((t_push, step + 1, _clone(model)))
             last_snapshot = t_push
     dist.barrier()
+    # Keep DDP alive until the process exits: destroying its reducer after the process group is gone
+    # could block forever in a futex wait (seen once, in a CI run of the DDP tests); _entry ends with os._exit.
+    status["keep_alive"] = ddp
     dist.destroy_process_group()
     if rank == 0:  # evaluate after training, so rank 0 never slows its peers down
         torch.save(model.state_dict(), spec.path / FINAL_MODEL)
@@ -217,8 +220,9 @@ def _entry(spec: DdpSpec) -> None:
                 "links": {}, "injected_seconds": float(status["injected"]), "status": state,
             },
         )  # fmt: skip
-    if code:
-        os._exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # no interpreter teardown: torch's DDP and gloo destructors are not needed and can block
 
 
 def _record_error(spec: DdpSpec, text: str) -> None:
