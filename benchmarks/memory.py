@@ -29,7 +29,7 @@ from weaksync.cli.main import stop_on_interrupt
 from weaksync.config import load_config
 from weaksync.runtime.flat import model_layout
 from weaksync.runtime.launcher import PRELOAD, run_local
-from weaksync.runtime.resources import peak_rss_bytes
+from weaksync.runtime.resources import peak_rss_bytes, return_large_frees_to_os
 from weaksync.training.models import build_model
 
 MiB = 1 << 20
@@ -40,6 +40,7 @@ def _idle_child(queue: Any) -> None:
 
 
 def _compute_child(queue: Any, model_name: str, batch: int, steps: int) -> None:
+    return_large_frees_to_os()  # the same allocator setting as weaksync's processes, so the difference is ours
     torch.set_num_threads(1)
     model = build_model(model_name, 10, 3, 32)
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))

@@ -96,3 +96,27 @@ def test_encode_refuses_payloads_it_cannot_send_without_copy() -> None:
         encode("push", torch.zeros(4, dtype=torch.float64), w=0, j=0, base=0, step=0)
     with pytest.raises(ValueError):
         encode("push", torch.zeros(4, 4).t(), w=0, j=0, base=0, step=0)
+
+
+def test_a_full_inbox_holds_messages_back_without_dropping_any() -> None:
+    """A server's receive limit (one 1 MiB message per peer here) delays senders; every message still arrives
+    in order."""
+    from weaksync.transport.sockets import inbox_hwm
+
+    assert inbox_hwm(1 << 20) == 4 and inbox_hwm(64 << 20) == 1 and inbox_hwm(100) == 1000
+    ctx = zmq.Context()
+    router, endpoint = bind_router(ctx, "127.0.0.1", rcvhwm=1)
+    dealer = connect_dealer(ctx, endpoint, b"w0")
+    try:
+        assert router.getsockopt(zmq.RCVHWM) == 1
+        for i in range(40):
+            dealer.send_multipart(encode("push", torch.full((1 << 18,), float(i)), w=0, j=i, base=0, step=0))
+        for i in range(40):
+            assert router.poll(10_000), f"message {i} never arrived"
+            identity, *frames = router.recv_multipart(copy=False)
+            msg = decode(frames)
+            assert msg["j"] == i and float(msg.payload[0]) == i
+    finally:
+        router.close(0)
+        dealer.close(0)
+        ctx.term()

@@ -1,4 +1,4 @@
-"""The tensors behind a server's blocks: values, a real torch.optim optimizer, accumulators, snapshots.
+"""The tensors behind a server's blocks: values (also sent as is), a real torch.optim optimizer, accumulators.
 
 It performs what the server core decides (Accept, Apply); it never decides anything itself.
 """
@@ -35,32 +35,36 @@ class BlockStore:
         self.optimizers: dict[int, torch.optim.Optimizer] = {}
         self.acc: dict[int, torch.Tensor] = {}
         self.weight_sum: dict[int, float] = {}
-        self.snapshots: dict[int, torch.Tensor] = {}
         self.lr_at = lr_at
         for j, block in self.blocks.items():
-            values = initial[j].clone()
+            values = initial[j]  # taken over, not copied: the caller hands fresh tensors
             self.values[j] = values
             if block.num_params:
                 self.params[j] = nn.Parameter(values[: block.num_params])  # shares storage with values
                 self.optimizers[j] = make_optimizer([self.params[j]])
             self.acc[j] = torch.zeros_like(values)
             self.weight_sum[j] = 0.0
-            self.snapshots[j] = values.clone()
 
     def accept(self, action: Accept, payload: torch.Tensor) -> None:
         self.acc[action.block].add_(payload, alpha=action.weight)
         self.weight_sum[action.block] += action.weight
 
     def apply(self, action: Apply, progress: float | None = None) -> None:
-        """Average, step, refresh the send snapshot. `progress` (average worker steps so far) drives the LR
-        schedule; without it, the contributors' step does. A new snapshot tensor per version: replies already
-        handed to ZeroMQ keep pointing at the old one, so no reply ever carries a half-written block."""
+        """Average, then step a fresh copy of the values (copy-on-write). `progress` (average worker steps so
+        far) drives the LR schedule; without it, the contributors' step does.
+
+        Replies hand the values tensor to ZeroMQ without copying, so a version is never written once it has
+        been published: the step goes into a new tensor that replaces it, and the old one lives on only until
+        the replies still pointing at it are sent. Values double as the send buffer (3 copies of the share
+        held, not 4), and no reply ever carries a half-written block."""
         j = action.block
-        block, values, acc = self.blocks[j], self.values[j], self.acc[j]
+        block, acc = self.blocks[j], self.acc[j]
+        values = self.values[j].clone()
         acc.div_(self.weight_sum[j])
         n = block.num_params
         if n:
             param, opt = self.params[j], self.optimizers[j]
+            param.data = values[:n]  # the optimizer keys its state by the Parameter object, not its storage
             param.grad = acc[:n]
             for group in opt.param_groups:
                 group["lr"] = self.lr_at(action.step if progress is None else progress, len(action.contributors))
@@ -70,14 +74,15 @@ class BlockStore:
             values[n:].copy_(acc[n:])
         acc.zero_()
         self.weight_sum[j] = 0.0
-        self.snapshots[j] = values.clone()
+        self.values[j] = values
 
     def snapshot(self, block: int) -> torch.Tensor:
-        return self.snapshots[block]
+        """The block's current version, to send as is: never written again (see `apply`)."""
+        return self.values[block]
 
     def nbytes(self) -> int:
-        """Bytes held for values, accumulators, snapshots and optimizer state."""
-        total = sum(v.nbytes + self.acc[j].nbytes + self.snapshots[j].nbytes for j, v in self.values.items())
+        """Bytes held for values (which are also the send buffer), accumulators and optimizer state."""
+        total = sum(v.nbytes + self.acc[j].nbytes for j, v in self.values.items())
         for opt in self.optimizers.values():
             for state in opt.state.values():
                 total += sum(t.nbytes for t in state.values() if isinstance(t, torch.Tensor))

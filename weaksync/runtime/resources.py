@@ -32,6 +32,16 @@ def return_large_frees_to_os(threshold: int = LARGE_ALLOCATION) -> bool:
         return False
 
 
+def trim_heap() -> bool:
+    """Hand the heap's free memory back to the OS (glibc malloc_trim), after a burst of small allocations
+    has been freed: building a model to copy θ₀ out of it leaves ~20 MiB of freed parameter tensors (each
+    under the mmap threshold) resident in a ResNet-50 server otherwise. Returns False without glibc."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 def write_json(path: Path, doc: Any) -> None:
     """Write atomically, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

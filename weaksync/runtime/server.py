@@ -22,11 +22,11 @@ from ..stragglers.delays import delayer_for
 from ..training.optim import lr_function, optimizer_factory
 from ..training.workload import seed_model_init
 from ..transport.messages import BadMessage, Message, decode, encode, payload_problem
-from ..transport.sockets import bind_router
+from ..transport.sockets import bind_router, inbox_hwm
 from .eventlog import EventLog
 from .flat import block_values, model_layout
 from .outbox import Outbox
-from .resources import peak_rss_bytes, return_large_frees_to_os, write_json
+from .resources import peak_rss_bytes, return_large_frees_to_os, trim_heap, write_json
 from .spec import RoleSpec, connect_store, install_stop_handlers, store_set_json, watch_parent
 
 LAUNCHER = b"launcher"
@@ -39,11 +39,14 @@ def worker_identity(worker: int) -> bytes:
 
 def build_initial_blocks(spec: RoleSpec) -> tuple[BlockLayout, dict[int, torch.Tensor]]:
     """The layout and θ₀ of this server's blocks, identical on every rank: the model is built right after
-    seeding, and dropped once its blocks are copied out."""
+    seeding, and dropped (its memory given back) once its blocks are copied out."""
     seed_model_init(spec.config.run.seed)
     model = spec.workload.model_fn()
     layout = model_layout(model, spec.config.cluster.servers, spec.config.cluster.blocks)
-    return layout, block_values(model, layout, layout.blocks_of(spec.rank))
+    initial = block_values(model, layout, layout.blocks_of(spec.rank))
+    del model
+    trim_heap()
+    return layout, initial
 
 
 class Server:
@@ -101,6 +104,7 @@ class Server:
                     except zmq.Again:
                         break
                     self.handle(sock, frames)
+                    del frames  # free this message's buffer (a whole block) before ZeroMQ hands over the next
             now = time.monotonic()
             self.outbox.flush(now)
             if self.kv is not None and now - last_publish > 1.0:
@@ -333,7 +337,8 @@ def run_server(spec: RoleSpec) -> bool:
     store = connect_store(spec)
     server.kv = store
     ctx = zmq.Context()
-    sock, endpoint = bind_router(ctx, spec.config.cluster.host)
+    largest = max(b.size for b in server.blockstore.blocks.values()) * 4
+    sock, endpoint = bind_router(ctx, spec.config.cluster.host, inbox_hwm(largest))
     try:
         store.set(f"server/{spec.rank}", endpoint)
         store.set(f"layout/{spec.rank}", server.layout.digest)

@@ -11,10 +11,26 @@ def _common(sock: zmq.Socket) -> None:
     sock.setsockopt(zmq.RCVHWM, 0)
 
 
-def bind_router(ctx: zmq.Context, host: str) -> tuple[zmq.Socket, str]:
-    """A server's socket on a free port of `host`; returns it and the endpoint to advertise."""
+INBOX_BYTES = 4 << 20  # per worker: gradient bytes a server lets ZeroMQ read ahead of its event loop
+DEFAULT_HWM = 1000  # ZeroMQ's own default
+
+
+def inbox_hwm(max_block_bytes: int) -> int:
+    """Messages a server queues per peer before ZeroMQ stops reading that peer's TCP stream.
+
+    ZeroMQ reads every arriving message into memory at once; unbounded, a server's RSS grows by up to one
+    share per worker whenever pushes arrive faster than it accumulates them (+0.9 share measured on a
+    ResNet-50 server). Past the limit the bytes wait in the kernel and in the worker's send queue, which
+    holds views of its push vector anyway. Small blocks keep ZeroMQ's default, so message rates are unchanged."""
+    return max(1, min(DEFAULT_HWM, INBOX_BYTES // max(1, max_block_bytes)))
+
+
+def bind_router(ctx: zmq.Context, host: str, rcvhwm: int = DEFAULT_HWM) -> tuple[zmq.Socket, str]:
+    """A server's socket on a free port of `host`, reading at most `rcvhwm` messages ahead per peer;
+    returns it and the endpoint to advertise."""
     sock = ctx.socket(zmq.ROUTER)
     _common(sock)
+    sock.setsockopt(zmq.RCVHWM, rcvhwm)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a vanished peer raises instead of vanishing
     sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker takes over its identity
     bind_host = host if _is_ip_literal(host) else "*"  # a hostname: listen everywhere, advertise the name

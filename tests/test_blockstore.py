@@ -1,0 +1,63 @@
+"""BlockStore memory discipline: a published version is never written again, and a server holds three
+copies of its share (values, accumulator, momentum), not four."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from weaksync.config import OptimSection
+from weaksync.core import Accept, Apply
+from weaksync.runtime.blockstore import BlockStore
+from weaksync.runtime.flat import block_values, model_layout
+from weaksync.training.optim import lr_function, optimizer_factory
+
+CFG = OptimSection(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-3, schedule="constant")
+
+
+def store() -> BlockStore:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Linear(16, 4))
+    layout = model_layout(model, 1, 3)
+    initial = block_values(model, layout, layout.blocks_of(0))
+    return BlockStore(layout, 0, initial, optimizer_factory(CFG), lr_function(CFG, 10, 2))
+
+
+def step_all(bs: BlockStore, version: int) -> None:
+    for j, block in bs.blocks.items():
+        for w in range(2):
+            bs.accept(Accept(w, j, version - 1, version - 1, 1.0), torch.full((block.size,), 0.5 + w))
+        bs.apply(Apply(j, version, ((0, version - 1, 1.0), (1, version - 1, 1.0)), version, False))
+
+
+def test_a_sent_version_is_never_modified_by_later_updates() -> None:
+    bs = store()
+    sent = {j: bs.snapshot(j) for j in bs.blocks}  # what zero-copy replies point at
+    copies = {j: t.clone() for j, t in sent.items()}
+    step_all(bs, 1)
+    step_all(bs, 2)
+    for j in bs.blocks:
+        assert torch.equal(sent[j], copies[j]), "an update wrote into a tensor that ZeroMQ may still be sending"
+        assert not torch.equal(bs.snapshot(j), copies[j]), "the update did not reach the next snapshot"
+
+
+def test_the_optimizer_keeps_its_state_across_copy_on_write_updates() -> None:
+    """Two applies with momentum equal torch.optim.SGD stepping one parameter in place."""
+    bs = store()
+    j, block = next((j, b) for j, b in bs.blocks.items() if b.num_params)
+    ref = nn.Parameter(bs.snapshot(j)[: block.num_params].clone())
+    opt = torch.optim.SGD([ref], lr=CFG.lr, momentum=CFG.momentum, weight_decay=CFG.weight_decay)
+    for version in (1, 2):
+        step_all(bs, version)
+        ref.grad = torch.full_like(ref, 1.0)  # the average of 0.5 and 1.5
+        opt.step()
+    torch.testing.assert_close(bs.snapshot(j)[: block.num_params], ref.detach(), rtol=0, atol=1e-7)
+
+
+def test_state_is_three_copies_of_the_share() -> None:
+    bs = store()
+    share = sum(b.size for b in bs.blocks.values()) * 4
+    params = sum(b.num_params for b in bs.blocks.values()) * 4
+    assert bs.nbytes() == 2 * share  # values (also the send buffer) and accumulators
+    step_all(bs, 1)
+    assert bs.nbytes() == 2 * share + params  # + momentum for the parameter slots
