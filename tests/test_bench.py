@@ -104,3 +104,9 @@ def test_best_mode_is_the_fastest_weaksync_mode_and_never_ddp() -> None:
     text = best_markdown(table, 0.95)
     assert "| x | async | 1.00 | 0.970 | 0.25 | 0.12 |" in text
     assert "| y | none reached 95% | – | – | – | – |" in text
+
+
+def test_bench_runs_evaluate_after_training_like_the_ddp_baseline(tmp_path: Path) -> None:
+    cell = Cell("none", "async", 0)
+    assert cell_config(cell, tmp_path, {}).train.eval_live is False
+    assert cell_config(cell, tmp_path, {"train.eval_live": True}).train.eval_live is True

@@ -69,3 +69,17 @@ def test_mode_trains_and_obeys_thresholds(tmp_path: Path, mode: str) -> None:
     if mode == "bsp":
         steps = [e for e in events(run_dir, "worker-0") if e["ev"] == "step"]
         assert all(e["versions"] == [e["step"]] * s["num_blocks"] for e in steps)
+
+
+def test_deferred_evaluation_measures_after_training(tmp_path: Path) -> None:
+    """With train.eval_live off, snapshots are taken during training and evaluated after the last worker ended,
+    stamped with the time they were taken."""
+    cfg = small_config(tmp_path, **{"sync.mode": "async", "train.eval_live": False, "train.eval_interval": 0.2})
+    result = run_local(cfg)
+    s, run_dir = result.summary, result.run_dir
+    last_end = max(e["t"] for w in range(4) for e in events(run_dir, f"worker-{w}") if e["ev"] == "end")
+    evals = [e for e in events(run_dir, "evaluator") if e["ev"] == "eval"]
+    assert len(evals) >= 3 and evals[-1]["final"]
+    assert all(e["t_done"] > last_end for e in evals), "a snapshot was evaluated while training ran"
+    assert any(e["t"] < last_end for e in evals), "no snapshot was taken during training"
+    assert s["final_accuracy"] >= 0.8 and s["evaluations"] == len(evals)

@@ -47,3 +47,23 @@ def test_short_intervals_take_periodic_snapshots_then_a_final_one() -> None:
     taken, thread = run_timer(interval=0.01, done_after=20)
     assert not thread.is_alive()
     assert taken[-1] is True and taken.count(True) == 1 and len(taken) >= 3
+
+
+def order_of_events(live: bool) -> list[str]:
+    """What the main thread does for three snapshots and the end of the queue, in order."""
+    events: list[str] = []
+    pending: queue.Queue = queue.Queue()
+    for i in range(3):
+        pending.put((float(i), None, i, i == 2))
+    pending.put(None)
+    fake = SimpleNamespace(pending=pending, evaluate=lambda store, item: events.append(f"eval {item[0]:.0f}"))
+    Evaluator.evaluate_pending(fake, None, live=live, training_over=lambda: events.append("training over"))
+    return events
+
+
+def test_live_evaluation_follows_the_snapshots() -> None:
+    assert order_of_events(live=True) == ["eval 0", "eval 1", "eval 2", "training over"]
+
+
+def test_deferred_evaluation_waits_for_the_end_of_training() -> None:
+    assert order_of_events(live=False) == ["training over", "eval 0", "eval 1", "eval 2"]

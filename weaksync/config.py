@@ -69,6 +69,11 @@ class TrainSection(_Section):
         300, ge=1, description="steps per worker on average: the run ends after workers × steps steps in total"
     )
     eval_interval: float = Field(1.0, gt=0, description="seconds between accuracy snapshots")
+    eval_live: bool = Field(
+        True,
+        description="evaluate snapshots while training runs (live accuracy); false: evaluate them once training "
+        "is done, as the DDP baseline does, so that evaluation takes no CPU from training (benchmarks)",
+    )
     target_accuracy: float = Field(0.95, gt=0, le=1, description="for time-to-accuracy")
     threads: int = Field(1, ge=1, description="torch threads per process")
 

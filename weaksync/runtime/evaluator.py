@@ -2,7 +2,8 @@
 
 It runs at low priority (nice), peeks every block from the servers (a peek never touches the protocol
 core), evaluates, and logs `eval` events. When every worker is done it takes the final measurement and
-tells the servers to stop.
+tells the servers to stop. With `train.eval_live` false it only takes snapshots while training runs and
+evaluates them afterwards, so that on a machine with few cores evaluation competes with no training step.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 
 import torch
 import zmq
@@ -29,6 +31,7 @@ DONE_POLL = 0.1  # seconds between checks for the end of training while waiting 
 
 
 MAX_PENDING_BYTES = 256 << 20
+Snapshot = tuple[float, torch.Tensor, int, bool]  # (time taken, θ, total updates, final)
 
 
 class Evaluator:
@@ -46,8 +49,9 @@ class Evaluator:
         _, self.test = spec.workload.data_fn()
         self.log = EventLog(spec.path / "events" / "evaluator.jsonl")
         self.socks: list[zmq.Socket] = []
-        self.pending: queue.Queue[tuple[float, torch.Tensor, int, bool] | None] = queue.Queue()
+        self.pending: queue.Queue[Snapshot | None] = queue.Queue()
         self.pending_bytes = 0
+        self.skipping = False
 
     def snapshot(self, timeout: float) -> tuple[torch.Tensor, int] | None:
         """θ as the servers hold it now (a copy) and the total number of updates; None on timeout."""
@@ -78,7 +82,11 @@ class Evaluator:
     def take(self, final: bool = False) -> None:
         """Queue a snapshot for evaluation (skipped while too many wait, to bound memory)."""
         if self.pending_bytes > MAX_PENDING_BYTES and not final:
+            if not self.skipping:
+                self.log.write("eval-skip", t=time.time(), reason=f"{MAX_PENDING_BYTES >> 20} MiB of snapshots wait")
+            self.skipping = True
             return
+        self.skipping = False
         t = time.time()
         got = self.snapshot(self.spec.config.timeouts.connect)
         if got is None:
@@ -103,18 +111,30 @@ class Evaluator:
         finally:
             self.pending.put(None)
 
-    def evaluate_pending(self, store) -> None:
-        """Main thread: evaluate snapshots in the order they were taken."""
+    def evaluate_pending(self, store, live: bool = True, training_over: Callable[[], None] | None = None) -> None:
+        """Main thread: evaluate snapshots in the order they were taken, each as soon as it is taken or (not
+        `live`) all of them once the final one is in; `training_over` runs between the two."""
+        deferred: list[Snapshot] = []
         while (item := self.pending.get()) is not None:
-            t, theta, updates, final = item
-            self.pending_bytes -= theta.nbytes
-            self.flat.values.copy_(theta)
-            loss, acc = evaluate_loss_and_accuracy(self.model, self.test)
-            self.log.write("eval", t=t, t_done=time.time(), accuracy=acc, loss=loss, updates=updates, final=final)
-            try:
-                store_set_json(store, "progress/eval", {"accuracy": acc, "loss": loss, "t": t})
-            except Exception:
-                pass
+            if live:
+                self.evaluate(store, item)
+            else:
+                deferred.append(item)
+        if training_over is not None:
+            training_over()
+        for item in deferred:
+            self.evaluate(store, item)
+
+    def evaluate(self, store, item: Snapshot) -> None:
+        t, theta, updates, final = item
+        self.pending_bytes -= theta.nbytes
+        self.flat.values.copy_(theta)
+        loss, acc = evaluate_loss_and_accuracy(self.model, self.test)
+        self.log.write("eval", t=t, t_done=time.time(), accuracy=acc, loss=loss, updates=updates, final=final)
+        try:
+            store_set_json(store, "progress/eval", {"accuracy": acc, "loss": loss, "t": t})
+        except Exception:
+            pass
 
 
 def run_evaluator(spec: RoleSpec) -> None:
@@ -137,19 +157,23 @@ def run_evaluator(spec: RoleSpec) -> None:
     timer = threading.Thread(
         target=evaluator.snapshots, args=(connect_store(spec), done_keys, stop), name="snapshots", daemon=True
     )
-    try:
-        timer.start()
-        evaluator.evaluate_pending(store)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stop.set()
-        timer.join(timeout=5)
+
+    def stop_servers() -> None:
         for sock in evaluator.socks:
             try:
                 sock.send_multipart(encode("stop"), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
+
+    try:
+        timer.start()
+        evaluator.evaluate_pending(store, live=cfg.train.eval_live, training_over=stop_servers)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        timer.join(timeout=5)
+        stop_servers()  # again, harmlessly, when it ran before the deferred evaluations
         evaluator.log.close()
         for sock in evaluator.socks:
             sock.close(linger=500)
