@@ -56,7 +56,9 @@ def order_of_events(live: bool) -> list[str]:
     for i in range(3):
         pending.put((float(i), None, i, i == 2))
     pending.put(None)
-    fake = SimpleNamespace(pending=pending, evaluate=lambda store, item: events.append(f"eval {item[0]:.0f}"))
+    fake = SimpleNamespace(
+        pending=pending, pending_bytes=0, evaluate=lambda store, item: events.append(f"eval {item[0]:.0f}")
+    )
     Evaluator.evaluate_pending(fake, None, live=live, training_over=lambda: events.append("training over"))
     return events
 
@@ -67,3 +69,27 @@ def test_live_evaluation_follows_the_snapshots() -> None:
 
 def test_deferred_evaluation_waits_for_the_end_of_training() -> None:
     assert order_of_events(live=False) == ["training over", "eval 0", "eval 1", "eval 2"]
+
+
+def test_deferred_snapshots_are_thinned_not_dropped_when_memory_runs_short() -> None:
+    """Over half the memory cap, every other waiting snapshot goes; the first and the newest always stay."""
+    from weaksync.runtime import evaluator as ev
+
+    theta = SimpleNamespace(nbytes=ev.MAX_PENDING_BYTES // 8)
+    pending: queue.Queue = queue.Queue()
+    for i in range(10):
+        pending.put((float(i), theta, i, i == 9))
+    pending.put(None)
+    evaluated: list[float] = []
+    logged: list[dict] = []
+    fake = SimpleNamespace(
+        pending=pending,
+        pending_bytes=10 * theta.nbytes,  # as the timer thread counted them in
+        evaluate=lambda store, item: evaluated.append(item[0]),
+        log=SimpleNamespace(write=lambda ev_name, **fields: logged.append(fields)),
+    )
+    fake.thin = lambda deferred: Evaluator.thin(fake, deferred)
+    Evaluator.evaluate_pending(fake, None, live=False)
+    assert evaluated[0] == 0.0 and evaluated[-1] == 9.0, evaluated
+    assert evaluated == sorted(evaluated) and len(evaluated) < 10 and logged
+    assert fake.pending_bytes == len(evaluated) * theta.nbytes

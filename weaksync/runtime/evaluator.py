@@ -120,10 +120,22 @@ class Evaluator:
                 self.evaluate(store, item)
             else:
                 deferred.append(item)
+                if self.pending_bytes > MAX_PENDING_BYTES // 2 and len(deferred) > 2:
+                    deferred = self.thin(deferred)
         if training_over is not None:
             training_over()
+        if deferred:
+            torch.set_num_threads(os.cpu_count() or 1)  # training is over: the machine is the evaluator's
         for item in deferred:
             self.evaluate(store, item)
+
+    def thin(self, deferred: list[Snapshot]) -> list[Snapshot]:
+        """Keep every other waiting snapshot (and the newest), so a long run's snapshots fit in memory with a
+        resolution that coarsens gradually instead of stopping."""
+        kept = deferred[:-1:2] + deferred[-1:]
+        self.pending_bytes -= sum(item[1].nbytes for item in deferred) - sum(item[1].nbytes for item in kept)
+        self.log.write("eval-thin", t=time.time(), kept=len(kept), of=len(deferred))
+        return kept
 
     def evaluate(self, store, item: Snapshot) -> None:
         t, theta, updates, final = item
