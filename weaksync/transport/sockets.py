@@ -21,7 +21,8 @@ def inbox_hwm(max_block_bytes: int) -> int:
     ZeroMQ reads every arriving message into memory at once; unbounded, a server's RSS grows by up to one
     share per worker whenever pushes arrive faster than it accumulates them (+0.9 share measured on a
     ResNet-50 server). Past the limit the bytes wait in the kernel and in the worker's send queue, which
-    holds views of its push vector anyway. Small blocks keep ZeroMQ's default, so message rates are unchanged."""
+    holds views of its push vector anyway. Small blocks get a limit above the 2·B messages a worker can have
+    in flight (27 for the digits job's 150 kB blocks), so they never wait."""
     return max(1, min(DEFAULT_HWM, INBOX_BYTES // max(1, max_block_bytes)))
 
 
