@@ -34,8 +34,8 @@ def return_large_frees_to_os(threshold: int = LARGE_ALLOCATION) -> bool:
 
 def trim_heap() -> bool:
     """Hand the heap's free memory back to the OS (glibc malloc_trim), after a burst of small allocations
-    has been freed: building a model to copy θ₀ out of it leaves ~20 MiB of freed parameter tensors (each
-    under the mmap threshold) resident in a ResNet-50 server otherwise. Returns False without glibc."""
+    has been freed: building a model to copy θ₀ out of it leaves freed parameter tensors under the mmap
+    threshold resident otherwise (6-7 MiB in a ResNet-50 server). Returns False without glibc."""
     try:
         return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
     except (OSError, AttributeError):
