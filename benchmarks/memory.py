@@ -117,12 +117,11 @@ def main() -> None:
     rows = []
     for name, peak in sorted(ws["peak_rss_bytes"].items()):
         role, ident = name.split("-")
-        unit, base, base_name = (
-            (share[int(ident)], warm, "warm") if role == "server" else (model_bytes, compute, "fwd/bwd")
-        )
-        rows.append((f"weaksync {name}", peak, base, base_name, unit))
+        server = role == "server"
+        judged = (warm, "warm", share[int(ident)], "share") if server else (compute, "fwd/bwd", model_bytes, "model")
+        rows.append((f"weaksync {name}", peak, *judged))
     for name, peak in sorted(ddp["peak_rss_bytes"].items()):
-        rows.append((f"DDP {name}", peak, compute, "fwd/bwd", model_bytes))
+        rows.append((f"DDP {name}", peak, compute, "fwd/bwd", model_bytes, "model"))
     lines = [
         f"{args.model}, batch {args.batch_size}, {workers} workers, {servers} servers, B = {ws.get('num_blocks')}; "
         f"model {model_bytes / MiB:.0f} MiB, shares {', '.join(f'{b / MiB:.0f}' for b in share)} MiB; baselines: "
@@ -132,9 +131,8 @@ def main() -> None:
         "| unit | bound | within |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name, peak, base, base_name, unit in rows:
+    for name, peak, base, base_name, unit, unit_name in rows:
         units = (peak - base) / unit
-        unit_name = "share" if base_name == "warm" else "model"
         bound, within = ("4", "yes" if units <= 4 else "NO") if name.startswith("weaksync") else ("–", "–")
         lines.append(f"| {name} | {peak / MiB:.0f} | {(peak - idle) / MiB:.0f} | {base_name} "
                      f"| {(peak - base) / MiB:.0f} | {units:.2f} | {unit_name} ({unit / MiB:.0f} MiB) "

@@ -179,13 +179,14 @@ def run_evaluator(spec: RoleSpec) -> None:
 
     try:
         timer.start()
-        evaluator.evaluate_pending(store, live=cfg.train.eval_live, training_over=stop_servers)
+        live = cfg.train.eval_live
+        evaluator.evaluate_pending(store, live=live, training_over=None if live else stop_servers)
     except KeyboardInterrupt:
         pass
     finally:
         stop.set()
         timer.join(timeout=5)
-        stop_servers()  # again, harmlessly, when it ran before the deferred evaluations
+        stop_servers()  # a second, harmless stop after deferred evaluations; the only one otherwise
         evaluator.log.close()
         for sock in evaluator.socks:
             sock.close(linger=500)

@@ -19,6 +19,14 @@ M_MMAP_THRESHOLD = -3  # glibc <malloc.h>
 LARGE_ALLOCATION = 1 << 20
 
 
+def _glibc() -> ctypes.CDLL | None:
+    """The C library, or None where it is not glibc (its malloc tuning calls are glibc's own)."""
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
 def return_large_frees_to_os(threshold: int = LARGE_ALLOCATION) -> bool:
     """Serve allocations of >= `threshold` bytes with their own mappings, so freeing one returns it to the OS.
 
@@ -26,20 +34,16 @@ def return_large_frees_to_os(threshold: int = LARGE_ALLOCATION) -> bool:
     server's per-version snapshots, message buffers, a worker's push vectors) come from the heap, and the
     freed ones stay resident: a ResNet-50 server's RSS grew by its share every few rounds. A fixed threshold
     stops that. Returns False where the C library has no mallopt (not glibc)."""
-    try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, threshold))
-    except (OSError, AttributeError):
-        return False
+    libc = _glibc()
+    return bool(libc is not None and hasattr(libc, "mallopt") and libc.mallopt(M_MMAP_THRESHOLD, threshold))
 
 
 def trim_heap() -> bool:
     """Hand the heap's free memory back to the OS (glibc malloc_trim), after a burst of small allocations
     has been freed: building a model to copy θ₀ out of it leaves freed parameter tensors under the mmap
     threshold resident otherwise (6-7 MiB in a ResNet-50 server). Returns False without glibc."""
-    try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
+    libc = _glibc()
+    return bool(libc is not None and hasattr(libc, "malloc_trim") and libc.malloc_trim(0))
 
 
 def write_json(path: Path, doc: Any) -> None:
