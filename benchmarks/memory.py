@@ -7,7 +7,8 @@ parameters (values, momentum, accumulator, send buffer), a worker within the bas
 
 Every process comes from the same forkserver (torch and weaksync preloaded), and Linux resets a forked
 child's peak RSS to what it maps at the fork, so peaks compare directly. Four references are measured in
-children of that forkserver, each with weaksync's allocator setting (`return_large_frees_to_os`):
+children of that forkserver, each with the allocator setting of the role it is compared with (servers fix
+glibc's mmap threshold with `return_large_frees_to_os`; workers keep glibc's adaptive one, as PyTorch does):
   idle     Python + torch + weaksync imported, nothing run;
   warm     idle, then what a server runs on a model of negligible size: build (and drop) the tiny digits CNN,
            take SGD steps with momentum and weight decay on a 1,000-element parameter. It is torch's first-use
@@ -59,8 +60,7 @@ def _warm_child(queue: Any) -> None:
 
 
 def _compute_child(queue: Any, model_name: str, batch: int, steps: int) -> None:
-    return_large_frees_to_os()  # the same allocator setting as weaksync's processes, so the difference is ours
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # glibc's default allocator, as in a weaksync worker, so the difference is ours
     model = build_model(model_name, 10, 3, 32)
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
     for _ in range(steps):

@@ -20,7 +20,7 @@ def store() -> BlockStore:
     model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Linear(16, 4))
     layout = model_layout(model, 1, 3)
     initial = block_values(model, layout, layout.blocks_of(0))
-    return BlockStore(layout, 0, initial, optimizer_factory(CFG), lr_function(CFG, 10, 2))
+    return BlockStore(layout, 0, initial, optimizer_factory(CFG), lr_function(CFG, 10, 2, 2))
 
 
 def step_all(bs: BlockStore, version: int) -> None:

@@ -59,7 +59,7 @@ class TorchHooks(Hooks):
                 s,
                 block_values(model, layout, layout.blocks_of(s)),
                 optimizer_factory(CFG),
-                lr_function(CFG, STEPS, N),
+                lr_function(CFG, STEPS, N, N),
             )
             for s in range(S)
         ]

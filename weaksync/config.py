@@ -84,8 +84,10 @@ class OptimSection(_Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0)
-    lr_scaling: Literal["linear", "none"] = Field(
-        "linear", description="linear: an update that averaged m of N gradients uses lr × m/N (Goyal et al. 2017)"
+    lr_scaling: Literal["auto", "quorum", "linear", "none"] = Field(
+        "auto",
+        description="LR of an update that averaged m gradients: quorum = lr × m/k, linear = lr × m/N "
+        "(Goyal et al. 2017), none = lr; auto = quorum when k > 1, linear when k = 1 (ssp, async)",
     )
     schedule: Literal["constant", "cosine", "step"] = "cosine"
     warmup_steps: int = Field(0, ge=0)

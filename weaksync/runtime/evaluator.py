@@ -23,7 +23,6 @@ from ..transport.messages import BadMessage, decode, encode
 from ..transport.sockets import connect_dealer
 from .eventlog import EventLog
 from .flat import FlatModel, model_layout
-from .resources import return_large_frees_to_os
 from .spec import RoleSpec, connect_store, install_stop_handlers, store_set_json, watch_parent
 
 NICE = 10
@@ -150,8 +149,7 @@ class Evaluator:
 
 
 def run_evaluator(spec: RoleSpec) -> None:
-    install_stop_handlers()
-    return_large_frees_to_os()
+    install_stop_handlers()  # glibc's adaptive allocator stays: see return_large_frees_to_os
     watch_parent(spec.watch_pid)
     try:
         os.nice(NICE)

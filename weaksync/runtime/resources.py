@@ -31,9 +31,12 @@ def return_large_frees_to_os(threshold: int = LARGE_ALLOCATION) -> bool:
     """Serve allocations of >= `threshold` bytes with their own mappings, so freeing one returns it to the OS.
 
     glibc raises its mmap threshold each time a large block is freed; after that, multi-MB tensors (a
-    server's per-version snapshots, message buffers, a worker's push vectors) come from the heap, and the
-    freed ones stay resident: a ResNet-50 server's RSS grew by its share every few rounds. A fixed threshold
-    stops that. Returns False where the C library has no mallopt (not glibc)."""
+    server's per-version snapshots, message buffers) come from the heap, and the freed ones stay resident: a
+    ResNet-50 server's RSS grew by its share every few rounds. A fixed threshold stops that. Servers only: a
+    process that computes allocates every activation afresh, page by page, under a fixed threshold, which
+    made ResNet-20's forward/backward at batch 32 2.0-2.5x slower (benchmarks/allocator.py), so workers and
+    the evaluator keep glibc's adaptive threshold, as plain PyTorch does. Returns False where the C library
+    has no mallopt (not glibc)."""
     libc = _glibc()
     return bool(libc is not None and hasattr(libc, "mallopt") and libc.mallopt(M_MMAP_THRESHOLD, threshold))
 

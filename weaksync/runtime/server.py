@@ -63,7 +63,7 @@ class Server:
             spec.rank,
             initial,
             optimizer_factory(cfg.optim),
-            lr_function(cfg.optim, cfg.train.steps, cfg.cluster.workers),
+            lr_function(cfg.optim, cfg.train.steps, cfg.cluster.workers, self.policy.k),
         )
         self.log = EventLog(spec.path / "events" / f"{spec.name}.jsonl")
         self.bad_messages: Counter[str] = Counter()

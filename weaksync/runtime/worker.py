@@ -26,7 +26,7 @@ from ..transport.sockets import connect_dealer
 from .eventlog import EventLog
 from .flat import FlatModel, model_layout
 from .outbox import Outbox
-from .resources import peak_rss_bytes, return_large_frees_to_os, write_json
+from .resources import peak_rss_bytes, write_json
 from .spec import RoleError, RoleSpec, connect_store, install_stop_handlers, store_set_json, watch_parent
 
 
@@ -315,8 +315,7 @@ def heartbeat(ctx: zmq.Context, endpoints: list[str], worker: int, interval: flo
 
 def run_worker(spec: RoleSpec) -> None:
     """Entry point of a worker process."""
-    install_stop_handlers()
-    return_large_frees_to_os()
+    install_stop_handlers()  # glibc's adaptive allocator stays: see return_large_frees_to_os
     watch_parent(spec.watch_pid)
     torch.set_num_threads(spec.config.train.threads)
     worker = Worker(spec)

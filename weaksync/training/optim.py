@@ -25,13 +25,35 @@ def optimizer_factory(cfg: OptimSection):
     return partial(make_optimizer, cfg)
 
 
-def lr_function(cfg: OptimSection, total_steps: int, num_workers: int):
-    """LR of one update: the schedule at the contributors' step, times m/N for an update that averaged
-    m of N workers' gradients under linear scaling (the update stands for m·batch samples, not N·batch)."""
-    return partial(_update_lr, cfg, total_steps, num_workers)
+def lr_function(cfg: OptimSection, total_steps: int, num_workers: int, quorum: int):
+    """LR of one update: the schedule at the contributors' step, times the scale `lr_scale` gives an update
+    that averaged m gradients (the update stands for m·batch samples)."""
+    return partial(_update_lr, cfg, total_steps, num_workers, quorum)
 
 
-def _update_lr(cfg: OptimSection, total_steps: int, num_workers: int, step: int, contributors: int) -> float:
+def lr_scale(rule: str, contributors: int, num_workers: int, quorum: int) -> float:
+    """How much of `optim.lr` an update that averaged `contributors` gradients gets.
+
+    linear: m/N, relative to a synchronous step of all N workers (Goyal et al. 2017).
+    quorum: m/k, relative to a full quorum: a full quorum gets `optim.lr`, as with TensorFlow's
+      SyncReplicasOptimizer (the backup-worker implementation of Chen et al. 2016); an update that the push
+      deadline or departed workers cut short gets proportionally less.
+    none: always 1.
+    auto: quorum when k > 1, linear when k = 1 (ssp, async): a single gradient at the full rate N times per
+      synchronous step's worth of samples diverges, so it gets lr/N.
+    """
+    if rule == "auto":
+        rule = "quorum" if quorum > 1 else "linear"
+    if rule == "linear":
+        return contributors / num_workers
+    if rule == "quorum":
+        return min(1.0, contributors / quorum)
+    return 1.0
+
+
+def _update_lr(
+    cfg: OptimSection, total_steps: int, num_workers: int, quorum: int, step: int, contributors: int
+) -> float:
     lr = lr_at(
         step,
         base_lr=cfg.lr,
@@ -41,4 +63,4 @@ def _update_lr(cfg: OptimSection, total_steps: int, num_workers: int, step: int,
         step_size=cfg.step_size,
         gamma=cfg.gamma,
     )
-    return lr * contributors / num_workers if cfg.lr_scaling == "linear" else lr
+    return lr * lr_scale(cfg.lr_scaling, contributors, num_workers, quorum)
