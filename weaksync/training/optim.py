@@ -36,11 +36,11 @@ def lr_scale(rule: str, contributors: int, num_workers: int, quorum: int) -> flo
 
     linear: m/N, relative to a synchronous step of all N workers (Goyal et al. 2017).
     quorum: m/k, relative to a full quorum: a full quorum gets `optim.lr`, as with TensorFlow's
-      SyncReplicasOptimizer (the backup-worker implementation of Chen et al. 2016); an update that the push
-      deadline or departed workers cut short gets proportionally less.
+      SyncReplicasOptimizer when it aggregates fewer replicas than it has (backup workers); an update that
+      the push deadline or departed workers cut short gets proportionally less.
     none: always 1.
-    auto: quorum when k > 1, linear when k = 1 (ssp, async): a single gradient at the full rate N times per
-      synchronous step's worth of samples diverges, so it gets lr/N.
+    auto: quorum when k > 1, linear when k = 1 (ssp, async): there every gradient is an update, N of them
+      per synchronous step's worth of samples, and at the full rate they diverged on the digits job.
     """
     if rule == "auto":
         rule = "quorum" if quorum > 1 else "linear"
