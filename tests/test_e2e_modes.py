@@ -40,6 +40,8 @@ def test_mode_trains_and_obeys_thresholds(tmp_path: Path, mode: str) -> None:
     assert s["worker_status"] == {str(w): "done" for w in range(4)}
     assert 4 * 160 <= s["steps"] <= 4 * 160 + 4 * 2  # the budget; a step in flight may finish
     assert all(not _alive(pid) for pid in _pids(run_dir)), "a process outlived the run"
+    frozen = [json.loads(p.read_text())["gc_frozen_objects"] for p in (run_dir / "procs").glob("*.json")]
+    assert len(frozen) == 6 and min(frozen) > 10_000, "a role did not freeze the objects it shares with the forkserver"
     assert (run_dir / "config.yaml").exists() and s["evaluations"] >= 1
     assert s["traffic"]["push_msgs"] == s["steps"] * s["num_blocks"]
 

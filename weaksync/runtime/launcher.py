@@ -29,7 +29,7 @@ from ..training.workload import Workload, builtin_workload, seed_model_init
 from ..transport.messages import encode
 from ..transport.sockets import connect_dealer
 from .flat import model_layout
-from .resources import write_json
+from .resources import freeze_inherited_objects, write_json
 from .spec import RoleError, RoleSpec
 
 PRELOAD = [
@@ -56,6 +56,7 @@ class RunResult:
 
 
 def _entry(spec: RoleSpec) -> None:
+    freeze_inherited_objects()  # keep the forkserver's preloaded objects shared: a full gc would copy them
     from .evaluator import run_evaluator
     from .server import run_server
     from .worker import run_worker

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import json
 import os
 import resource
@@ -47,6 +48,18 @@ def trim_heap() -> bool:
     threshold resident otherwise (6-7 MiB in a ResNet-50 server). Returns False without glibc."""
     libc = _glibc()
     return bool(libc is not None and hasattr(libc, "malloc_trim") and libc.malloc_trim(0))
+
+
+def freeze_inherited_objects() -> int:
+    """Move every object this process holds now into the garbage collector's permanent generation.
+
+    A forkserver child shares torch's and weaksync's preloaded Python objects with the forkserver, page by
+    page, until something writes to them. A full collection writes to every tracked object's header, and
+    so made ~90 MiB private in each child (Private_Dirty 4 -> 94 MiB) in a probe; after freezing, the
+    same collection made 0.4 MiB private. Frozen objects are never collected: call this first thing in a
+    child, before it creates garbage of its own. Returns how many objects were frozen."""
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def write_json(path: Path, doc: Any) -> None:

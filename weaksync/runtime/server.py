@@ -6,6 +6,7 @@ check, decode and validate each message, feed the core, perform its actions.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections import Counter, defaultdict, deque
@@ -309,6 +310,7 @@ class Server:
             "reply_bytes": self.reply_bytes,
             "state_bytes": self.blockstore.nbytes(),
             "peak_rss_bytes": peak_rss_bytes(),
+            "gc_frozen_objects": gc.get_freeze_count(),  # shared with the forkserver, never collected here
             "links_in": {
                 str(w): {
                     "pushes": len(d),

@@ -6,6 +6,7 @@ local θ (fresh and stale blocks mixed), push every block, request newer blocks.
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -296,6 +297,7 @@ class Worker:
             "ignored_replies": self.core.ignored_replies,
             "bad_messages": self.traffic.bad,
             "peak_rss_bytes": peak_rss_bytes(),
+            "gc_frozen_objects": gc.get_freeze_count(),  # shared with the forkserver, never collected here
             "links": {str(s): link.summary() for s, link in enumerate(self.links)},
             "injected_seconds": float(self.injected_total),
         }
