@@ -55,9 +55,9 @@ def freeze_inherited_objects() -> int:
 
     A forkserver child shares torch's and weaksync's preloaded Python objects with the forkserver, page by
     page, until something writes to them. A full collection writes to every tracked object's header, and
-    so made ~90 MiB private in each child (Private_Dirty 4 -> 94 MiB) in a probe; after freezing, the
-    same collection made 0.4 MiB private. Frozen objects are never collected: call this first thing in a
-    child, before it creates garbage of its own. Returns how many objects were frozen."""
+    so made ~90 MiB private in each child (benchmarks/forkserver_gc.py: Private_Dirty 3.9 -> 94.5 MiB);
+    after freezing, the same collection made 0.3 MiB private. Frozen objects are never collected: call
+    this first thing in a child, before it creates garbage of its own. Returns how many were frozen."""
     gc.freeze()
     return gc.get_freeze_count()
 
