@@ -16,17 +16,9 @@ import multiprocessing as mp
 from typing import Any
 
 from weaksync.runtime.launcher import PRELOAD
-from weaksync.runtime.resources import freeze_inherited_objects
+from weaksync.runtime.resources import freeze_inherited_objects, private_dirty_bytes
 
 MiB = 1 << 20
-
-
-def private_dirty_bytes() -> int:
-    with open("/proc/self/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Private_Dirty:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no Private_Dirty in /proc/self/smaps_rollup")
 
 
 def _child(freeze: bool, queue: Any) -> None:

@@ -8,20 +8,12 @@ import sys
 
 import pytest
 
-from weaksync.runtime.resources import freeze_inherited_objects
+from weaksync.runtime.resources import freeze_inherited_objects, private_dirty_bytes
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux") or not os.path.exists("/proc/self/smaps_rollup"),
     reason="needs Linux fork and /proc/self/smaps_rollup",
 )
-
-
-def private_dirty_bytes() -> int:
-    with open("/proc/self/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Private_Dirty:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no Private_Dirty in smaps_rollup")
 
 
 def privatized_by_gc(freeze: bool) -> int:

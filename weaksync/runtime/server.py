@@ -6,7 +6,6 @@ check, decode and validate each message, feed the core, perform its actions.
 
 from __future__ import annotations
 
-import gc
 import os
 import time
 from collections import Counter, defaultdict, deque
@@ -27,7 +26,7 @@ from ..transport.sockets import bind_router, inbox_hwm
 from .eventlog import EventLog
 from .flat import block_values, model_layout
 from .outbox import Outbox
-from .resources import peak_rss_bytes, return_large_frees_to_os, trim_heap, write_json
+from .resources import memory_figures, return_large_frees_to_os, trim_heap, write_json
 from .spec import RoleSpec, connect_store, install_stop_handlers, store_set_json, watch_parent
 
 LAUNCHER = b"launcher"
@@ -309,8 +308,7 @@ class Server:
             "reply_msgs": self.replies,
             "reply_bytes": self.reply_bytes,
             "state_bytes": self.blockstore.nbytes(),
-            "peak_rss_bytes": peak_rss_bytes(),
-            "gc_frozen_objects": gc.get_freeze_count(),  # shared with the forkserver, never collected here
+            **memory_figures(),
             "links_in": {
                 str(w): {
                     "pushes": len(d),

@@ -6,7 +6,6 @@ local θ (fresh and stale blocks mixed), push every block, request newer blocks.
 
 from __future__ import annotations
 
-import gc
 import os
 import threading
 import time
@@ -27,7 +26,7 @@ from ..transport.sockets import connect_dealer
 from .eventlog import EventLog
 from .flat import FlatModel, model_layout
 from .outbox import Outbox
-from .resources import peak_rss_bytes, write_json
+from .resources import memory_figures, write_json
 from .spec import RoleError, RoleSpec, connect_store, install_stop_handlers, store_set_json, watch_parent
 
 
@@ -296,8 +295,7 @@ class Worker:
             "installed": self.traffic.installed,
             "ignored_replies": self.core.ignored_replies,
             "bad_messages": self.traffic.bad,
-            "peak_rss_bytes": peak_rss_bytes(),
-            "gc_frozen_objects": gc.get_freeze_count(),  # shared with the forkserver, never collected here
+            **memory_figures(),
             "links": {str(s): link.summary() for s, link in enumerate(self.links)},
             "injected_seconds": float(self.injected_total),
         }

@@ -40,7 +40,7 @@ def lr_scale(rule: str, contributors: int, num_workers: int, quorum: int) -> flo
       the push deadline or departed workers cut short gets proportionally less.
     none: always 1.
     auto: quorum when k > 1, linear when k = 1 (ssp, async): there every gradient is an update, N of them
-      per synchronous step's worth of samples, and at the full rate they diverged on the digits job.
+      per synchronous step's worth of samples, and at the full rate half of the digits runs collapsed.
     """
     if rule == "auto":
         rule = "quorum" if quorum > 1 else "linear"
