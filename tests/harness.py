@@ -244,6 +244,7 @@ class Harness:
         self.round_opened: list[float | None] = [None] * policy.num_blocks
         self.pending_pulls: dict[tuple[int, int], int] = {}  # (worker, block) -> want_gt, at the server
         self.applied: set[tuple[int, int, int]] = set()  # (worker, block, step)
+        self.pushed = 0  # pushes that left workers
         self.computed: dict[int, Any] = {}
         self.departed: set[int] = set()  # workers that stopped (target reached, bye or crash)
         self.crashed: set[int] = set()
@@ -456,6 +457,7 @@ class Harness:
         for q in pushes:
             payload = self.hooks.push_payload(w, q.block, computed)
             self.channels[(f"w{w}", f"s{self.owners[q.block]}")].append(PushMsg(w, q.block, q.base, q.step, payload))
+            self.pushed += 1
         self._send_pulls(w, pulls)
         stop = self.stops.get(w)
         if core.step >= self.targets[w] or (stop is not None and core.step >= stop.after):
@@ -546,8 +548,12 @@ class Harness:
         weight = 1.0 / (1 + v - a.base) if p.weighting == "inverse" else 1.0
         self._check(a.weight == weight, f"s{s} accepted {a} with weight {a.weight}, expected {weight}")
         rnd = self.rounds[a.block]
-        self._check(all(c.worker != a.worker for c in rnd), f"s{s} accepted w{a.worker} twice for v{v} of {a.block}")
+        self._check(
+            p.fold_repeats or all(c.worker != a.worker for c in rnd),
+            f"s{s} accepted w{a.worker} twice for v{v} of {a.block}",
+        )
         self._check(a.worker in self.servers[s].live, f"s{s} accepted {a} from a worker it knows left")
+        self._check((a.worker, a.block, push.step) not in self.applied, f"s{s} accepted an applied push {push}")
         if not rnd:
             self.round_opened[a.block] = self.now
         rnd.append(Contribution(a.worker, a.base, a.weight, push.step))
@@ -558,11 +564,15 @@ class Harness:
         p, core = self.policy, self.servers[s]
         rnd = self.rounds[a.block]
         self._check(a.version == self.version[a.block] + 1, f"s{s} {a} does not follow v{self.version[a.block]}")
+        merged: dict[int, tuple[int, float]] = {}  # a worker's repeated pushes to a round add up
+        for c in rnd:
+            base, weight = merged.get(c.worker, (c.base, 0.0))
+            merged[c.worker] = (min(base, c.base), weight + c.weight)
         self._check(
-            a.contributors == tuple((c.worker, c.base, c.weight) for c in rnd),
+            a.contributors == tuple((w, base, weight) for w, (base, weight) in merged.items()),
             f"s{s} {a} does not average exactly the accepted contributions {rnd}",
         )
-        self._check(len({c.worker for c in rnd}) == len(rnd), f"s{s} {a} has a worker twice")
+        self._check(len({w for w, _, _ in a.contributors}) == len(a.contributors), f"s{s} {a} has a worker twice")
         self._check(len(rnd) >= 1, f"s{s} applied {a} with no contribution")
         self._check(a.step == max(c.step for c in rnd), f"s{s} {a}: step is not the largest contributor step")
         for c in rnd:
@@ -572,7 +582,7 @@ class Harness:
             self._check(p.tau is None or a.version - 1 - c.base <= p.tau, f"s{s} {a} holds a too stale contribution")
         # k, capped by the workers that can still contribute to this round: the live ones and those who
         # already did (a departed worker never stalls the rest, an early finisher never cuts a round short)
-        can_contribute = (set(range(p.num_workers)) - self.left[s]) | {c.worker for c in rnd}
+        can_contribute = (set(range(p.num_workers)) - self.left[s]) | set(merged)
         quorum = max(1, min(p.k, len(can_contribute)))
         if a.by_deadline:
             opened = self.round_opened[a.block]
@@ -580,8 +590,13 @@ class Harness:
                 p.push_deadline is not None and opened is not None and self.now >= opened + p.push_deadline,
                 f"s{s} {a} by deadline before the deadline (round opened at {opened}, now {self.now})",
             )
-        else:
-            self._check(len(rnd) == quorum, f"s{s} {a}: {len(rnd)} contributions, quorum is {quorum}")
+        elif p.grace is None:
+            self._check(len(merged) == quorum, f"s{s} {a}: {len(merged)} contributors, quorum is {quorum}")
+        else:  # k met; with a grace the round may wait for more, never for more than can contribute
+            self._check(
+                quorum <= len(merged) <= len(can_contribute),
+                f"s{s} {a}: {len(merged)} contributors, quorum is {quorum} of {len(can_contribute)}",
+            )
         self.updates.append(AppliedUpdate(s, a, self.now, len(core.live), tuple(rnd)))
         self.version[a.block] = a.version
         self.rounds[a.block] = []
@@ -597,7 +612,9 @@ class Harness:
             self._check(push is not None and p.tau is not None and v - push.base > p.tau, f"s{s} wrongly stale: {a}")
         elif a.reason == "duplicate":
             self._check(
-                push is not None and any(c.worker == a.worker for c in self.rounds[a.block]),
+                push is not None
+                and not p.fold_repeats
+                and any(c.worker == a.worker for c in self.rounds[a.block]),
                 f"s{s} wrongly duplicate: {a}",
             )
         elif a.reason == "left":
@@ -611,7 +628,10 @@ class Harness:
         slowest = min(live_clocks) if live_clocks else 0
         for j, st in core.blocks.items():
             self._check(st.version == self.version[j], f"s{s} block {j} at v{st.version}, Apply said {self.version[j]}")
-            self._check(len(st.contributors) == len(self.rounds[j]), f"s{s} block {j} holds other contributions")
+            self._check(
+                len(st.contributors) == len({c.worker for c in self.rounds[j]}),
+                f"s{s} block {j} holds other contributions",
+            )
             for w, want in st.parked.items():
                 held_by_ssp = p.ssp_slack is not None and core.clocks[w] - slowest > p.ssp_slack
                 self._check(

@@ -4,9 +4,12 @@ For every mode, random N (1..5), S (1..3), B (S..6), thresholds, deadlines and d
 (a) no deadlock: every worker does its steps while all servers live (also when one leaves early);
 (b) versions only grow, at servers and in every worker's local copy;
 (c) no contribution is applied twice, and a worker appears at most once per Apply;
-(d) an Apply has k contributors, fewer only by the push deadline or after workers left (then >= 1);
+(d) an Apply has k contributors (more, up to every live worker, with a grace), fewer only by the push
+    deadline or after workers left (then >= 1);
 (e) every accepted contribution is within the staleness bound;
-(f) bsp runs in lockstep: N contributors on base version - 1, step t computed on versions t.
+(f) bsp runs in lockstep: N contributors on base version - 1, step t computed on versions t;
+(g) every computed gradient is pushed, and with fold_repeats none is dropped as a duplicate (a repeat is
+    added to its worker's contribution, which the harness checks in every Apply).
 The harness checks (b)-(e) at every event as well; the tests re-check them on the records.
 
 The tests at the end pin deadlocks these properties found outside the region the generator draws from;
@@ -48,6 +51,8 @@ def scenarios(
             kw["tau"] = draw(st.integers(0, 3))
         kw["ssp_slack"] = draw(st.integers(0, 3))
         kw["weighting"] = draw(st.sampled_from(["none", "inverse"]))
+        kw["fold_repeats"] = draw(st.booleans())
+        kw["grace"] = draw(st.sampled_from([None, 0.5, 1.0]))
     if deadlines:
         kw["push_deadline"] = draw(st.none() | st.sampled_from([0.5, 2.0]))
         kw["pull_deadline"] = draw(st.none() | st.sampled_from([1.0, 3.0]))
@@ -80,7 +85,7 @@ def check_records(h: Harness) -> None:
         assert len(workers) >= 1
         if not a.by_deadline:
             assert len(workers) >= min(p.k, u.live), "(d) quorum, capped only by departures"
-            if u.live == p.num_workers:
+            if u.live == p.num_workers and p.grace is None:
                 assert len(workers) == p.k, "(d) exactly k while everyone is live"
         else:
             assert p.push_deadline is not None
@@ -90,6 +95,10 @@ def check_records(h: Harness) -> None:
     for plans in h.plans:  # (b) in every worker: the versions a step computes on never go back
         for before, after in zip(plans, plans[1:]):
             assert all(x <= y for x, y in zip(before.versions, after.versions))
+    # every computed gradient is pushed; with fold_repeats none is dropped for repeating a round
+    assert h.pushed == sum(len(plans) for plans in h.plans) * p.num_blocks
+    if p.fold_repeats:
+        assert h.drops["duplicate"] == 0, "with fold_repeats nothing is dropped as a duplicate"
 
 
 @FAST

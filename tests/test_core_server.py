@@ -59,8 +59,19 @@ def test_next_round_starts_empty() -> None:
 # -- drops ---------------------------------------------------------------------------------------------
 
 
-def test_duplicate_from_the_same_worker_for_the_same_version_is_dropped() -> None:
+def test_a_repeated_push_is_folded_into_the_workers_contribution_to_the_round() -> None:
     core = server("bsp", n=3)
+    core.on_push(0, 0, 0, 0, 0.0)
+    assert core.on_push(0, 0, 0, 1, 0.0) == [Accept(0, 0, 0, 0, 1.0)]
+    assert core.folded == 1 and not core.drops
+    assert core.on_push(1, 0, 0, 0, 0.0) == [Accept(1, 0, 0, 0, 1.0)]  # distinct workers make the quorum
+    applies = of(Apply, core.on_push(2, 0, 0, 0, 0.0))
+    assert applies[0].contributors == ((0, 0, 2.0), (1, 0, 1.0), (2, 0, 1.0))
+    assert applies[0].step == 1
+
+
+def test_without_fold_repeats_a_duplicate_from_the_same_worker_is_dropped() -> None:
+    core = server("bsp", n=3, fold_repeats=False)
     core.on_push(0, 0, 0, 0, 0.0)
     assert core.on_push(0, 0, 0, 1, 0.0) == [Drop(0, 0, 0, 0, "duplicate")]
     assert core.drops["duplicate"] == 1 and core.dropped[0] == 1

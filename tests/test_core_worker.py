@@ -114,7 +114,7 @@ def test_async_never_waits_for_fresh_blocks() -> None:
 
 
 def test_end_step_pushes_every_block_with_the_versions_of_begin_step() -> None:
-    core = started(worker(nb=3, b=1))
+    core = started(worker(nb=3, b=1, fold_repeats=False))
     one_step(core)
     core.on_block(1, 1)
     plan = core.begin_step(5.0)

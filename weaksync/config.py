@@ -11,7 +11,7 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .core.policy import MODES, SyncPolicy, make_policy, resolve_count
+from .core.policy import DEFAULT_GRACE, MODES, SyncPolicy, make_policy, resolve_count
 from .stragglers.cgroup import parse_throttle
 from .stragglers.delays import StragglerRule
 from .stragglers.scenarios import describe_error, load_scenario
@@ -51,6 +51,18 @@ class SyncSection(_Section):
     pull_deadline: float | None = Field(None, gt=0, description="seconds; compute with >= 1 fresh block after it")
     ssp_slack: int = Field(3, ge=0, description="SSP: max steps ahead of the slowest worker")
     weighting: Literal["none", "inverse"] = "none"
+    fold_repeats: bool = Field(
+        True,
+        description="a worker's second push to a round it already contributed to is added to its contribution, "
+        "so no gradient is computed for nothing (false: such pushes are dropped as duplicates)",
+    )
+    grace: float | None = Field(
+        DEFAULT_GRACE,
+        gt=0,
+        le=1,
+        description="backup/partial-pull/partial: once k gradients (b blocks) are in, wait up to this fraction of a "
+        "round (of a step's compute) for the rest, while they usually come that soon; null: close at exactly k and b",
+    )
 
 
 class ModelSection(_Section):
@@ -88,6 +100,11 @@ class OptimSection(_Section):
         "auto",
         description="LR of an update that averaged m gradients: quorum = lr × m/k, linear = lr × m/N "
         "(Goyal et al. 2017), none = lr; auto = quorum when k > 1, linear when k = 1 (ssp, async)",
+    )
+    momentum_correction: bool = Field(
+        True,
+        description="SGD momentum lowered to 1 - (1 - momentum)(1 + s) while accepted gradients are s versions old "
+        "on average, since staleness acts as momentum of its own (Mitliagkas et al. 2016); no effect without staleness",
     )
     schedule: Literal["constant", "cosine", "step"] = "cosine"
     warmup_steps: int = Field(0, ge=0)
@@ -154,6 +171,8 @@ class Config(_Section):
                 pull_deadline=s.pull_deadline,
                 ssp_slack=s.ssp_slack,
                 weighting=s.weighting,
+                fold_repeats=s.fold_repeats,
+                grace=s.grace,
             )
         except ValueError as exc:
             raise ConfigError(f"sync.{exc}") from None

@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch.distributed import PrefixStore, TCPStore
 
 from ..config import Config, ConfigError, dump_config
+from ..runtime.evaluator import FINAL_MODEL  # rank 0's model after the last step, as weaksync's evaluator saves it
 from ..runtime.eventlog import EventLog
 from ..runtime.launcher import (
     PRELOAD,
@@ -49,7 +50,6 @@ from ..training.optim import make_optimizer
 from ..training.schedule import lr_at
 from ..training.workload import Workload, seed_model_init
 
-FINAL_MODEL = "final_model.pt"  # rank 0's parameters after the last step (state_dict of the bare model)
 
 
 @dataclass

@@ -33,7 +33,9 @@ class Apply:
     """Average the accepted contributions of `block`, take one optimizer step, and advance to `version`.
 
     `contributors` are (worker, base version, weight) in arrival order; `step` is the largest worker step
-    among them (drives the LR schedule); `by_deadline` tells the quorum was cut short by the push deadline.
+    among them (drives the LR schedule); `by_deadline` tells the quorum was cut short by the push deadline;
+    `staleness` is the moving average of the staleness of the gradients this server accepted (drives the
+    momentum correction, see training/optim.py).
     """
 
     block: int
@@ -41,6 +43,7 @@ class Apply:
     contributors: tuple[tuple[int, int, float], ...]
     step: int
     by_deadline: bool
+    staleness: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ class PullRequest:
 
 DROP_REASONS = (
     "stale",  # staleness v - u > τ
-    "duplicate",  # this worker already contributed to the current version
+    "duplicate",  # this worker already contributed to the current version (only without fold_repeats)
     "future",  # base version newer than the block: a corrupt or foreign message
     "unknown-block",  # block not owned by this server
     "unknown-worker",  # worker id outside [0, N)

@@ -8,6 +8,8 @@ from typing import Literal
 
 MODES = ("bsp", "backup", "partial-pull", "partial", "ssp", "async")
 Weighting = Literal["none", "inverse"]
+GRACE_MODES = ("backup", "partial-pull", "partial")  # ssp and async apply every gradient on arrival by design
+DEFAULT_GRACE = 0.5
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,15 @@ class SyncPolicy:
     wait_for_pull: workers wait for b refreshed blocks; False (async): only for the answers to their
       pulls, which servers send at once with whatever version they hold.
     weighting: "inverse" weights a contribution of staleness s by 1/(1+s); "none" averages plainly.
+    fold_repeats: no gradient is thrown away by rule. A worker pushes a block once per version it received
+      and folds the gradients of steps taken before a newer version came into its next push; a server adds
+      a second push of one worker to the round it already contributed to (both weighted by the minibatches
+      they hold). False: the original rule, such pushes are computed and dropped as `duplicate`.
+    grace: the quorums k and b are minimums. Once they are met, the server waits a little longer for the
+      remaining live workers' gradients, and the worker for the remaining blocks, when these usually come
+      that soon: at most `grace` × the typical round period (server) or compute time (worker). When nothing
+      is slow the update then holds every gradient and the step every fresh block (as bsp); when something
+      is, the late ones are not waited for (as k and b say). None: close at exactly k and b.
     """
 
     mode: str
@@ -38,6 +49,8 @@ class SyncPolicy:
     immediate_pull: bool = False
     wait_for_pull: bool = True
     weighting: Weighting = "none"
+    fold_repeats: bool = True
+    grace: float | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= self.num_workers:
@@ -50,6 +63,8 @@ class SyncPolicy:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name}={value} must be a positive number of seconds")
+        if self.grace is not None and not 0 < self.grace <= 1:
+            raise ValueError(f"grace={self.grace} must be a fraction of a step in (0, 1], or none")
         if self.ssp_slack is not None and self.ssp_slack < 0:
             raise ValueError(f"ssp_slack={self.ssp_slack} must be >= 0")
         if self.ssp_slack is not None and self.k > 1:
@@ -95,6 +110,8 @@ def make_policy(
     pull_deadline: float | None = None,
     ssp_slack: int = 3,
     weighting: Weighting = "none",
+    fold_repeats: bool = True,
+    grace: float | None = DEFAULT_GRACE,
 ) -> SyncPolicy:
     """Expand a named mode into thresholds; explicit k / b / tau override the preset's."""
     n, nb = num_workers, num_blocks
@@ -117,6 +134,8 @@ def make_policy(
         preset["b"] = resolve_count(b, nb, "b")
     if tau is not None:
         preset["tau"] = tau
+    partial_quorum = preset["k"] < n or preset["b"] < nb  # grace only where a quorum can close early
+    preset["grace"] = grace if partial_quorum and mode in GRACE_MODES else None
     return SyncPolicy(
         mode=mode,
         num_workers=n,
@@ -124,5 +143,6 @@ def make_policy(
         push_deadline=push_deadline,
         pull_deadline=pull_deadline,
         weighting=weighting,
+        fold_repeats=fold_repeats,
         **preset,
     )

@@ -6,7 +6,8 @@ sends what Send asks for. Time is passed in (`now`), so the simulator and tests 
 
 from __future__ import annotations
 
-from collections import Counter
+import statistics
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -14,11 +15,30 @@ from .actions import Accept, Apply, Drop, Send, ServerAction
 from .policy import SyncPolicy
 
 
+GRACE_HISTORY = 9  # rounds whose late arrivals decide whether waiting for them pays
+PERIOD_SMOOTHING = 0.2  # weight of the newest round period in its moving average
+STALENESS_SMOOTHING = 0.02  # weight of the newest accepted gradient's staleness in its moving average
+
+
+@dataclass
+class _LateWatch:
+    """A round that closed without every live worker: when do the missing ones' gradients for it come?"""
+
+    version: int  # the round's version (its contributions had base <= version)
+    quorum_time: float  # when the round met k
+    missing: set[int]
+
+
 @dataclass
 class _BlockState:
     version: int = 0
     contributors: dict[int, tuple[int, float, int]] = field(default_factory=dict)  # worker -> (base, weight, step)
-    round_deadline: float | None = None
+    round_deadline: float | None = None  # push deadline
+    quorum_time: float | None = None  # when this round met k (grace runs from here)
+    grace_deadline: float | None = None
+    last_apply: float | None = None
+    late: _LateWatch | None = None
+    gradients: int = 0  # pushes accepted into this round (a worker's repeated pushes each count)
     parked: dict[int, int] = field(default_factory=dict)  # worker -> want_gt
 
 
@@ -34,6 +54,11 @@ class ServerCore:
         self.accepted: Counter[int] = Counter()  # per worker
         self.dropped: Counter[int] = Counter()  # per worker
         self.updates = 0
+        self.folded = 0  # pushes added to a round their worker had already contributed to
+        self.gradients_applied = 0  # pushes that went into an update
+        self.staleness = 0.0  # moving average of version - base over accepted gradients
+        self.period: float | None = None  # moving average of the time between two updates of a block
+        self.late_after_quorum: deque[float] = deque(maxlen=GRACE_HISTORY)  # seconds, for the grace rule
 
     # -- queries -------------------------------------------------------------------------------------
 
@@ -53,17 +78,37 @@ class ServerCore:
         return sum(self.clocks.values())
 
     def next_deadline(self) -> float | None:
-        """Earliest time `on_timer` has work to do (a push deadline), or None."""
-        times = [s.round_deadline for s in self.blocks.values() if s.round_deadline is not None]
+        """Earliest time `on_timer` has work to do (a push deadline or a grace), or None."""
+        times = [t for s in self.blocks.values() for t in (s.round_deadline, s.grace_deadline) if t is not None]
         return min(times) if times else None
+
+    def grace(self) -> float:
+        """How long a round that met k waits for the remaining live workers (DESIGN.md §2, revised).
+
+        At most `policy.grace` × the round period; and only if, in most recent rounds, the last worker's
+        gradient came within that much after the k-th (its lateness is measured even when the round did not
+        wait for it, from its gradient for that round arriving later). A worker that is persistently slow thus
+        costs nothing per round, and one that recovers is waited for again."""
+        if self.policy.grace is None or self.period is None:
+            return 0.0
+        cap = self.policy.grace * self.period
+        if not self.late_after_quorum:
+            return cap
+        return cap if statistics.median(self.late_after_quorum) <= cap else 0.0
 
     # -- events --------------------------------------------------------------------------------------
 
     def on_push(
-        self, worker: int, block: int, base: int, step: int, now: float, problem: str | None = None
+        self,
+        worker: int,
+        block: int,
+        base: int,
+        step: int,
+        now: float,
+        problem: str | None = None,
     ) -> list[ServerAction]:
-        """A gradient for `block` computed from version `base`; `problem` is the driver's verdict on the
-        payload (None when shape, dtype and values are fine)."""
+        """A gradient for `block` computed from version `base`; `problem` is the driver's verdict on the payload
+        (None when shape, dtype and values are fine)."""
         state = self.blocks.get(block)
         version = state.version if state else -1
         reason = self._push_problem(worker, block, base, state, problem)
@@ -75,13 +120,20 @@ class ServerCore:
         assert state is not None
         staleness = version - base
         weight = 1.0 / (1 + staleness) if self.policy.weighting == "inverse" else 1.0
+        self._note_late(state, worker, base, now)
         if not state.contributors and self.policy.push_deadline is not None:
             state.round_deadline = now + self.policy.push_deadline
-        state.contributors[worker] = (base, weight, step)
+        actions: list[ServerAction] = [Accept(worker, block, base, version, weight)]
         self.accepted[worker] += 1
-        actions = [Accept(worker, block, base, version, weight)]
-        if len(state.contributors) >= self.quorum(block):
-            actions += self._apply(block, state, by_deadline=False)
+        state.gradients += 1
+        self.staleness += STALENESS_SMOOTHING * (staleness - self.staleness)
+        if worker in state.contributors:  # fold_repeats: add to this worker's contribution to the round
+            first, total, last_step = state.contributors[worker]
+            state.contributors[worker] = (min(first, base), total + weight, max(last_step, step))
+            self.folded += 1
+        else:
+            state.contributors[worker] = (base, weight, step)
+            actions += self._close_if_due(block, state, now)
         actions += self._advance_clock(worker, step + 1)
         return actions
 
@@ -105,19 +157,24 @@ class ServerCore:
         actions: list[ServerAction] = []
         for block, state in self.blocks.items():
             if state.round_deadline is not None and state.round_deadline <= now and state.contributors:
-                actions += self._apply(block, state, by_deadline=True)
+                actions += self._apply(block, state, by_deadline=True, now=now)
+            elif state.grace_deadline is not None and state.grace_deadline <= now and state.contributors:
+                actions += self._apply(block, state, by_deadline=False, now=now)
         return actions
 
-    def worker_left(self, worker: int) -> list[ServerAction]:
-        """A worker is gone (clean exit, launcher notice or heartbeat timeout): stop waiting for it."""
+    def worker_left(self, worker: int, now: float | None = None) -> list[ServerAction]:
+        """A worker is gone (clean exit, launcher notice or heartbeat timeout): stop waiting for it. Without
+        `now` a round that met its quorum closes at once, grace or not."""
         if worker not in self.live:
             return []
         self.live.discard(worker)
         actions: list[ServerAction] = []
         for block, state in self.blocks.items():
             state.parked.pop(worker, None)
+            if state.late is not None:
+                state.late.missing.discard(worker)
             if state.contributors and len(state.contributors) >= self.quorum(block):
-                actions += self._apply(block, state, by_deadline=False)
+                actions += self._close_if_due(block, state, now) if now is not None else self._apply(block, state)
         if self.policy.ssp_slack is not None:
             actions += self._release_parked()
         return actions
@@ -145,7 +202,7 @@ class ServerCore:
             return "future"
         if not self.policy.accepts(state.version, base):
             return "stale"
-        if worker in state.contributors:
+        if worker in state.contributors and not self.policy.fold_repeats:
             return "duplicate"
         return None
 
@@ -155,16 +212,71 @@ class ServerCore:
             self.dropped[worker] += 1
         return Drop(worker, block, base, version, reason)
 
-    def _apply(self, block: int, state: _BlockState, by_deadline: bool) -> list[ServerAction]:
+    def _close_if_due(self, block: int, state: _BlockState, now: float) -> list[ServerAction]:
+        """Apply once every worker that can contribute did, or k did and the grace (if any) is over."""
+        have = len(state.contributors)
+        if have >= len(self.live | state.contributors.keys()):
+            return self._apply(block, state, now=now)
+        if have < self.quorum(block):
+            return []
+        if state.quorum_time is None:
+            state.quorum_time = now
+            wait = self.grace()
+            if wait <= 0:
+                return self._apply(block, state, now=now)
+            state.grace_deadline = now + wait
+        if state.grace_deadline is None or now >= state.grace_deadline:
+            return self._apply(block, state, now=now)
+        return []
+
+    def _note_late(self, state: _BlockState, worker: int, base: int, now: float) -> None:
+        """A missing worker's gradient for a round that closed without it: how late after k it came."""
+        watch = state.late
+        if watch is None or worker not in watch.missing or base != watch.version:
+            return
+        watch.missing.discard(worker)
+        if not watch.missing:
+            self.late_after_quorum.append(now - watch.quorum_time)
+            state.late = None
+
+    def _apply(
+        self, block: int, state: _BlockState, by_deadline: bool = False, now: float | None = None
+    ) -> list[ServerAction]:
         contributors = tuple((w, base, weight) for w, (base, weight, _) in state.contributors.items())
         step = max(s for _, _, s in state.contributors.values())
+        if now is not None:
+            self._record_round(state, now)
         state.version += 1
+        self.gradients_applied += state.gradients
+        state.gradients = 0
         state.contributors = {}
         state.round_deadline = None
+        state.quorum_time = None
+        state.grace_deadline = None
         self.updates += 1
-        actions: list[ServerAction] = [Apply(block, state.version, contributors, step, by_deadline)]
+        actions: list[ServerAction] = [
+            Apply(block, state.version, contributors, step, by_deadline, round(self.staleness, 6))
+        ]
         actions += self._answer_parked(block, state)
         return actions
+
+    def _record_round(self, state: _BlockState, now: float) -> None:
+        """Round period and lateness figures for `grace`, taken as a round closes at `now`."""
+        if state.last_apply is not None:
+            period = now - state.last_apply
+            self.period = period if self.period is None else self.period + PERIOD_SMOOTHING * (period - self.period)
+        state.last_apply = now
+        if self.policy.grace is None:
+            return
+        if state.late is not None:  # the previous round's missing worker never came: later than this
+            self.late_after_quorum.append(now - state.late.quorum_time)
+            state.late = None
+        missing = self.live - state.contributors.keys()
+        if state.quorum_time is not None:
+            if missing:
+                state.late = _LateWatch(state.version, state.quorum_time, set(missing))
+            else:
+                self.late_after_quorum.append(now - state.quorum_time)
 
     def _servable(self, worker: int, state: _BlockState, want_gt: int) -> bool:
         if not (state.version > want_gt or self.policy.immediate_pull):

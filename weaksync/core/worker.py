@@ -1,4 +1,4 @@
-"""Worker protocol state machine (sans-I/O): local versions, outstanding pulls, pull quorum b, deadline.
+"""Worker protocol state machine (sans-I/O): local versions, outstanding pulls, pull quorum b, grace, deadline.
 
 The driver loop is: feed replies with `on_block` (install the data when it returns True); when `ready()`,
 call `begin_step` (compute on the local θ), then `end_step` and send the pushes and pulls it returns.
@@ -6,10 +6,15 @@ call `begin_step` (compute on the local θ), then `end_step` and send the pushes
 
 from __future__ import annotations
 
+import statistics
+from collections import deque
 from dataclasses import dataclass
 
 from .actions import PullRequest, PushRequest
 from .policy import SyncPolicy
+
+GRACE_HISTORY = 9  # steps whose late blocks decide whether waiting for them pays
+COMPUTE_SMOOTHING = 0.2  # weight of the newest step's compute time in its moving average
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,11 @@ class WorkerCore:
         self.wait_started: float | None = None
         self.plan: StepPlan | None = None
         self.ignored_replies = 0
+        self.compute: float | None = None  # moving average of begin_step → end_step
+        self.began_at: float | None = None
+        self.quorum_at: float | None = None  # when this wait had its b-th fresh block
+        self.late_watch: tuple[float, set[int]] | None = None  # (quorum time, blocks still to come)
+        self.late_after_quorum: deque[float] = deque(maxlen=GRACE_HISTORY)
 
     def start(self, now: float) -> list[PullRequest]:
         """Pull every block in full: all workers start from the servers' θ₀."""
@@ -47,20 +57,38 @@ class WorkerCore:
     def initialised(self) -> bool:
         return min(self.versions) >= 0
 
-    def on_block(self, block: int, version: int) -> bool:
+    def on_block(self, block: int, version: int, now: float | None = None) -> bool:
         """A reply arrived. True: install its data (it is newer than the local copy)."""
         self.outstanding.discard(block)
         if version <= self.versions[block]:
             self.ignored_replies += 1
             return False
         self.versions[block] = version
+        first = block not in self.refreshed
         self.refreshed.add(block)
+        if now is not None and first:
+            if len(self.refreshed) == self.policy.b and self.quorum_at is None:
+                self.quorum_at = now
+            self._note_late(block, now)
         return True
+
+    def grace(self) -> float:
+        """How long to wait for the remaining blocks once b are fresh: at most `policy.grace` × the compute
+        time of a step, and only if in most recent steps the last block came within that much after the b-th
+        (measured also when the step did not wait for it). A slow server or link thus costs nothing per step,
+        and one that recovers is waited for again."""
+        if self.policy.grace is None or self.compute is None:
+            return 0.0
+        cap = self.policy.grace * self.compute
+        if not self.late_after_quorum:
+            return cap
+        return cap if statistics.median(self.late_after_quorum) <= cap else 0.0
 
     def ready(self, now: float) -> bool:
         """May the next step start? After the first full pull: b blocks refreshed since the last step
-        began, or the pull deadline passed with at least one. In async mode servers answer pulls at once
-        and a step waits only for those answers (which version they carry does not matter)."""
+        began (and the grace for the others over, or all of them in), or the pull deadline passed with at
+        least one. In async mode servers answer pulls at once and a step waits only for those answers
+        (which version they carry does not matter)."""
         if not self.initialised or self.plan is not None:
             return False
         if self.step == 0:
@@ -68,34 +96,73 @@ class WorkerCore:
         if not self.policy.wait_for_pull:  # async: the answers, fresh or not, are enough
             return not self.outstanding
         if len(self.refreshed) >= self.policy.b:
-            return True
-        deadline = self.deadline()
+            grace_end = self._grace_end()
+            return grace_end is None or now >= grace_end
+        deadline = self._pull_deadline()
         return deadline is not None and now >= deadline and len(self.refreshed) >= 1
 
     def deadline(self) -> float | None:
-        """When the pull deadline of the current wait expires (None without a deadline)."""
-        if self.policy.pull_deadline is None or self.wait_started is None:
-            return None
-        return self.wait_started + self.policy.pull_deadline
+        """The next time `ready` may change without a reply arriving: the end of the grace for the remaining
+        blocks, or the pull deadline of the current wait (None: neither)."""
+        times = [t for t in (self._grace_end(), self._pull_deadline()) if t is not None]
+        return min(times) if times else None
 
     def begin_step(self, now: float) -> StepPlan:
         """Snapshot the local versions the gradient will be computed from."""
         if self.plan is not None:
             raise RuntimeError("begin_step called twice without end_step")
         self.plan = StepPlan(self.step, tuple(self.versions), frozenset(self.refreshed))
+        if self.late_watch is not None:  # the last wait's missing blocks did not come before this step
+            self.late_after_quorum.append(now - self.late_watch[0])
+            self.late_watch = None
+        if self.policy.grace is not None and self.quorum_at is not None:
+            missing = set(range(self.policy.num_blocks)) - self.refreshed
+            if missing:
+                self.late_watch = (self._could_start(), missing)
         self.refreshed = set()
+        self.quorum_at = None
+        self.began_at = now
         return self.plan
 
     def end_step(self, now: float) -> tuple[list[PushRequest], list[PullRequest]]:
-        """Push every block's gradient with the version it was computed from, then ask for newer blocks."""
+        """Push every block's gradient with the version it was computed from, then ask for newer blocks. (A
+        push to a round this worker already contributed to is added to its contribution by the server.)"""
         plan = self.plan
         if plan is None:
             raise RuntimeError("end_step called without begin_step")
         self.plan = None
         self.step += 1
         self.wait_started = now
+        if self.began_at is not None:
+            took = now - self.began_at
+            self.compute = took if self.compute is None else self.compute + COMPUTE_SMOOTHING * (took - self.compute)
         pushes = [PushRequest(j, base, plan.step) for j, base in enumerate(plan.versions)]
         return pushes, self._pulls()
+
+    def _could_start(self) -> float:
+        """When this wait had its b fresh blocks, or began if they came while the last step computed."""
+        assert self.quorum_at is not None
+        return max(self.quorum_at, self.wait_started or self.quorum_at)
+
+    def _grace_end(self) -> float | None:
+        if self.quorum_at is None or len(self.refreshed) >= self.policy.num_blocks or self.step == 0:
+            return None
+        wait = self.grace()
+        return self._could_start() + wait if wait > 0 else None
+
+    def _pull_deadline(self) -> float | None:
+        if self.policy.pull_deadline is None or self.wait_started is None:
+            return None
+        return self.wait_started + self.policy.pull_deadline
+
+    def _note_late(self, block: int, now: float) -> None:
+        if len(self.refreshed) == self.policy.num_blocks and self.quorum_at is not None:
+            self.late_after_quorum.append(max(0.0, now - self._could_start()))  # every block came in time
+        if self.late_watch is not None and block in self.late_watch[1]:
+            self.late_watch[1].discard(block)
+            if not self.late_watch[1]:
+                self.late_after_quorum.append(now - self.late_watch[0])
+                self.late_watch = None
 
     def _pulls(self) -> list[PullRequest]:
         wanted = [j for j in range(self.policy.num_blocks) if j not in self.outstanding]

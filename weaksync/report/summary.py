@@ -32,6 +32,19 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
     return {f"p{q}": float(np.percentile(arr, q)) for q in (50, 95, 99)}
 
 
+def _gradient_use(workers: list[dict[str, Any]], servers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Of the block gradients workers computed (steps × B), how many reached an update: accepted into a round
+    that was applied, alone or added to the same worker's earlier push (backup drops (N-k)/N by design)."""
+    computed = sum(w.get("gradients_computed", 0) for w in workers)
+    applied = sum(s.get("gradients_applied", 0) for s in servers)
+    return {
+        "computed": computed,
+        "applied": applied,
+        "folded": sum(s.get("folded_pushes", 0) for s in servers),
+        "used_share": applied / computed if computed else None,
+    }
+
+
 def build_summary(run_dir: Path, target_accuracy: float) -> dict[str, Any]:
     """Everything a user asks after a run: how fast, how accurate, what was dropped, what was sent."""
     run_dir = Path(run_dir)
@@ -111,6 +124,7 @@ def build_summary(run_dir: Path, target_accuracy: float) -> dict[str, Any]:
             "dropped": sum(dropped_by_worker.values()),
             "drops_by_reason": dict(drops),
         },
+        "gradients": _gradient_use(workers, servers),
         "staleness": {str(k): v for k, v in sorted(staleness.items())},
         "blocks_per_step": {
             "fresh_mean": float(np.mean([e["fresh"] for e in steps])) if steps else None,

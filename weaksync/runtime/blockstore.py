@@ -15,6 +15,7 @@ from ..core.layout import Block, BlockLayout
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 LRFunction = Callable[[int, int], float]  # (worker step, number of contributors) -> lr
+MomentumFunction = Callable[[float], float]  # staleness of accepted gradients -> SGD momentum
 
 
 class BlockStore:
@@ -28,6 +29,7 @@ class BlockStore:
         initial: dict[int, torch.Tensor],
         make_optimizer: OptimizerFactory,
         lr_at: LRFunction,
+        momentum_at: MomentumFunction | None = None,
     ):
         self.blocks: dict[int, Block] = {b.index: b for b in layout.blocks_of(server)}
         self.values: dict[int, torch.Tensor] = {}
@@ -36,6 +38,7 @@ class BlockStore:
         self.acc: dict[int, torch.Tensor] = {}
         self.weight_sum: dict[int, float] = {}
         self.lr_at = lr_at
+        self.momentum_at = momentum_at
         for j, block in self.blocks.items():
             values = initial[j]  # taken over, not copied: the caller hands fresh tensors
             self.values[j] = values
@@ -68,6 +71,8 @@ class BlockStore:
             param.grad = acc[:n]
             for group in opt.param_groups:
                 group["lr"] = self.lr_at(action.step if progress is None else progress, len(action.contributors))
+                if self.momentum_at is not None and group.get("momentum"):
+                    group["momentum"] = self.momentum_at(action.staleness)
             opt.step()
             param.grad = None
         if n < block.size:

@@ -30,6 +30,7 @@ DONE_POLL = 0.1  # seconds between checks for the end of training while waiting 
 
 
 MAX_PENDING_BYTES = 256 << 20
+FINAL_MODEL = "final_model.pt"  # the model's state_dict at the end of the run, loadable with load_state_dict
 Snapshot = tuple[float, torch.Tensor, int, bool]  # (time taken, θ, total updates, final)
 
 
@@ -140,6 +141,8 @@ class Evaluator:
         t, theta, updates, final = item
         self.pending_bytes -= theta.nbytes
         self.flat.values.copy_(theta)
+        if final:
+            torch.save({k: v.clone() for k, v in self.model.state_dict().items()}, self.spec.path / FINAL_MODEL)
         loss, acc = evaluate_loss_and_accuracy(self.model, self.test)
         self.log.write("eval", t=t, t_done=time.time(), accuracy=acc, loss=loss, updates=updates, final=final)
         try:

@@ -123,6 +123,8 @@ def prepare(config: Config, workload: Workload | None) -> tuple[Workload, dict[s
         "k": policy.k,
         "b": policy.b,
         "tau": policy.tau,
+        "grace": policy.grace,
+        "fold_repeats": policy.fold_repeats,
         "push_deadline": policy.push_deadline,
         "pull_deadline": policy.pull_deadline,
         "ssp_slack": policy.ssp_slack,

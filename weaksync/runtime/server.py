@@ -19,7 +19,7 @@ from ..core.actions import Accept, Apply, Drop, Send
 from ..core.layout import BlockLayout
 from ..core.server import ServerCore
 from ..stragglers.delays import delayer_for
-from ..training.optim import lr_function, optimizer_factory
+from ..training.optim import lr_function, momentum_function, optimizer_factory
 from ..training.workload import seed_model_init
 from ..transport.messages import BadMessage, Message, decode, encode, payload_problem
 from ..transport.sockets import bind_router, inbox_hwm
@@ -64,6 +64,7 @@ class Server:
             initial,
             optimizer_factory(cfg.optim),
             lr_function(cfg.optim, cfg.train.steps, cfg.cluster.workers, self.policy.k),
+            momentum_function(cfg.optim),
         )
         self.log = EventLog(spec.path / "events" / f"{spec.name}.jsonl")
         self.bad_messages: Counter[str] = Counter()
@@ -166,10 +167,10 @@ class Server:
             self.hello(sock, identity, msg)
         elif kind == "bye":
             self.finished.add(msg["w"])
-            self.perform(sock, self.core.worker_left(msg["w"]))
+            self.perform(sock, self.core.worker_left(msg["w"], now))
         elif kind == "leave" and identity in (LAUNCHER, EVALUATOR):
             self.log.write("leave", s=self.spec.rank, w=msg["w"], why="launcher")
-            self.perform(sock, self.core.worker_left(msg["w"]))
+            self.perform(sock, self.core.worker_left(msg["w"], now))
         elif kind == "peek" and identity == EVALUATOR:
             j = msg["j"]
             if j in self.blockstore.blocks:
@@ -272,7 +273,7 @@ class Server:
         for worker, seen in list(self.last_seen.items()):
             if worker in self.core.live and worker not in self.finished and now - seen > limit:
                 self.log.write("leave", s=self.spec.rank, w=worker, why=f"silent for {now - seen:.1f}s")
-                self.perform(sock, self.core.worker_left(worker))
+                self.perform(sock, self.core.worker_left(worker, now))
                 del self.last_seen[worker]
 
     def publish_progress(self) -> None:
@@ -297,6 +298,8 @@ class Server:
             "blocks": sorted(self.blockstore.blocks),
             "versions": {j: self.core.version(j) for j in self.blockstore.blocks},
             "updates": self.core.updates,
+            "folded_pushes": self.core.folded,
+            "gradients_applied": self.core.gradients_applied,
             "accepted": sum(self.core.accepted.values()),
             "accepted_by_worker": dict(self.core.accepted),
             "dropped_by_worker": dict(self.core.dropped),

@@ -177,7 +177,9 @@ class Worker:
         for p in pushes:
             block = self.layout.blocks[p.block]
             payload = vector[block.start : block.stop]
-            frames = encode("push", payload, w=self.id, j=p.block, base=p.base, step=p.step, ts=time.time())
+            frames = encode(
+                "push", payload, w=self.id, j=p.block, base=p.base, step=p.step, ts=time.time()
+            )
             self.send(block.server, frames, payload.nbytes, plan.step)
             push_bytes += payload.nbytes
             self.links[block.server].push_bytes += payload.nbytes
@@ -256,7 +258,7 @@ class Worker:
         sent = self.pull_sent.pop(j, None)
         if sent is not None:
             link.rtt.append(time.monotonic() - sent)
-        if self.core.on_block(j, v):
+        if self.core.on_block(j, v, time.monotonic()):
             self.flat.install(self.layout.blocks[j], msg.payload)
             self.traffic.installed += 1
 
@@ -293,6 +295,7 @@ class Worker:
             "reply_msgs": self.traffic.reply_msgs,
             "reply_bytes": self.traffic.reply_bytes,
             "installed": self.traffic.installed,
+            "gradients_computed": self.core.step * self.layout.num_blocks,
             "ignored_replies": self.core.ignored_replies,
             "bad_messages": self.traffic.bad,
             **memory_figures(),

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-MODEL_NAMES: tuple[str, ...] = ("digits-cnn", "resnet20", "resnet56", "resnet50")
+MODEL_NAMES: tuple[str, ...] = ("digits-cnn", "resnet20", "resnet20-gn", "resnet56", "resnet50")
 
 
 class DigitsCNN(nn.Module):
@@ -35,13 +35,22 @@ class DigitsCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Module:
-    """1x1 conv + BN projection when the shape changes, identity otherwise."""
+Norm = Callable[[int], nn.Module]
+
+
+def group_norm(channels: int) -> nn.Module:
+    """GroupNorm with groups of 8 channels (or fewer groups when the width is small): no running statistics,
+    so nothing but the weights is shared between workers (the ablation of BatchNorm's statistics)."""
+    return nn.GroupNorm(max(1, channels // 8), channels)
+
+
+def _shortcut(in_planes: int, out_planes: int, stride: int, norm: Norm = nn.BatchNorm2d) -> nn.Module:
+    """1x1 conv + norm projection when the shape changes, identity otherwise."""
     if stride == 1 and in_planes == out_planes:
         return nn.Identity()
     return nn.Sequential(
         nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False),
-        nn.BatchNorm2d(out_planes),
+        norm(out_planes),
     )
 
 
@@ -50,13 +59,13 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, norm: Norm = nn.BatchNorm2d) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = norm(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = _shortcut(in_planes, planes, stride)
+        self.bn2 = norm(planes)
+        self.shortcut = _shortcut(in_planes, planes, stride, norm)
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,12 +108,14 @@ class ResNet(nn.Module):
         stage_widths: list[int],
         num_classes: int,
         in_channels: int,
+        norm: Norm = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
         stem_width = stage_widths[0]
+        extra = {} if norm is nn.BatchNorm2d else {"norm": norm}  # Bottleneck has BatchNorm only
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, stem_width, 3, stride=1, padding=1, bias=False),
-            nn.BatchNorm2d(stem_width),
+            norm(stem_width),
             nn.ReLU(inplace=True),
         )
         stages: list[nn.Module] = []
@@ -113,7 +124,7 @@ class ResNet(nn.Module):
             stride = 1 if i == 0 else 2
             layers: list[nn.Module] = []
             for j in range(blocks):
-                layers.append(block(in_planes, width, stride if j == 0 else 1))
+                layers.append(block(in_planes, width, stride if j == 0 else 1, **extra))
                 in_planes = width * block.expansion
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
@@ -131,7 +142,7 @@ def _kaiming_init(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
@@ -142,6 +153,10 @@ def _digits_cnn(num_classes: int, in_channels: int) -> nn.Module:
 
 def _resnet20(num_classes: int, in_channels: int) -> nn.Module:
     return ResNet(BasicBlock, [3, 3, 3], [16, 32, 64], num_classes, in_channels)
+
+
+def _resnet20_gn(num_classes: int, in_channels: int) -> nn.Module:
+    return ResNet(BasicBlock, [3, 3, 3], [16, 32, 64], num_classes, in_channels, norm=group_norm)
 
 
 def _resnet56(num_classes: int, in_channels: int) -> nn.Module:
@@ -155,6 +170,7 @@ def _resnet50(num_classes: int, in_channels: int) -> nn.Module:
 _BUILDERS: dict[str, Callable[[int, int], nn.Module]] = {
     "digits-cnn": _digits_cnn,
     "resnet20": _resnet20,
+    "resnet20-gn": _resnet20_gn,
     "resnet56": _resnet56,
     "resnet50": _resnet50,
 }

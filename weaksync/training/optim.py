@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -49,6 +50,21 @@ def lr_scale(rule: str, contributors: int, num_workers: int, quorum: int) -> flo
     if rule == "quorum":
         return min(1.0, contributors / quorum)
     return 1.0
+
+
+def momentum_function(cfg: OptimSection) -> Callable[[float], float] | None:
+    """What the servers' SGD momentum is at a given staleness; None: the optimizer's own, unchanged."""
+    if cfg.name != "sgd" or cfg.momentum == 0 or not cfg.momentum_correction:
+        return None
+    return partial(corrected_momentum, cfg.momentum)
+
+
+def corrected_momentum(momentum: float, staleness: float) -> float:
+    """The server's momentum once asynchrony adds its own (Mitliagkas et al. 2016, "Asynchrony begets
+    momentum"): gradients s versions old act like momentum s/(1+s) on top of the optimizer's. Choosing the
+    optimizer's μ' so that (1 - μ')(1 - s/(1+s)) = 1 - μ keeps the total at the configured μ: μ' = 1 - (1-μ)(1+s),
+    at least 0. With no staleness (bsp, backup, or partial modes when nothing is slow) μ' = μ."""
+    return max(0.0, 1.0 - (1.0 - momentum) * (1.0 + staleness))
 
 
 def _update_lr(
