@@ -19,7 +19,7 @@ from weaksync.config import OptimSection
 from weaksync.core import Accept, Apply, BlockLayout, StepPlan, make_policy
 from weaksync.runtime.blockstore import BlockStore
 from weaksync.runtime.flat import FlatModel, block_values, model_layout
-from weaksync.training.optim import lr_function, optimizer_factory
+from weaksync.training.optim import lr_function, momentum_function, optimizer_factory
 
 N, S, B, STEPS, BATCH = 3, 2, 5, 4, 6
 CFG = OptimSection(name="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3, schedule="constant")
@@ -60,6 +60,7 @@ class TorchHooks(Hooks):
                 block_values(model, layout, layout.blocks_of(s)),
                 optimizer_factory(CFG),
                 lr_function(CFG, STEPS, N, N),
+                momentum_function(CFG),
             )
             for s in range(S)
         ]
@@ -105,14 +106,17 @@ class TorchHooks(Hooks):
         return out
 
 
-def run_bsp(make_model, seed: int, split: bool, steps: int = STEPS) -> tuple[TorchHooks, nn.Module]:
+def run_bsp(
+    make_model, seed: int, split: bool, steps: int = STEPS, mode: str = "bsp", **thresholds: int
+) -> tuple[TorchHooks, nn.Module]:
     torch.manual_seed(0)
     model = make_model()
     reference = copy.deepcopy(model)
     layout = model_layout(model, S, B)
     hooks = TorchHooks(model, layout, minibatches())
     owners = [b.server for b in layout.blocks]
-    Harness(make_policy("bsp", N, B), owners, steps, seed=seed, split_steps=split, hooks=hooks).run()
+    policy = make_policy(mode, N, B, **thresholds)
+    Harness(policy, owners, steps, seed=seed, split_steps=split, hooks=hooks).run()
     return hooks, reference
 
 
@@ -140,6 +144,16 @@ def test_bsp_equals_single_process_sgd_on_the_union(seed: int, split: bool) -> N
     assert got.numel() == expected.numel() == hooks.layout.num_params  # no buffers in this model
     assert not torch.allclose(got, hooks.theta0)  # it did train
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["partial", "partial-pull", "backup"])
+def test_a_weak_mode_at_full_quorums_reproduces_bsp_exactly(mode: str) -> None:
+    """No hidden rule of the weak modes (grace, folding, momentum correction) changes what a full quorum
+    computes: partial with k = N, b = B, τ = 0 takes the same steps, bit for bit, as bsp."""
+    expected, _ = run_bsp(bn_mlp, seed=5, split=True)
+    got, _ = run_bsp(bn_mlp, seed=5, split=True, mode=mode, k=N, b=B, tau=0)
+    torch.testing.assert_close(got.theta(), expected.theta(), atol=0, rtol=0)
+    assert [a.contributors for a in got.applied] == [a.contributors for a in expected.applied]
 
 
 def test_every_worker_computes_each_step_on_the_same_theta() -> None:

@@ -62,7 +62,7 @@ def test_digits_cnn_has_no_batchnorm_but_resnets_do() -> None:
 
 
 def test_unknown_model_names_choices() -> None:
-    with pytest.raises(ValueError, match=r"unknown model 'vgg'.*digits-cnn, resnet20, resnet20-gn, resnet56, resnet50"):
+    with pytest.raises(ValueError, match=r"unknown model 'vgg'.*digits-cnn, digits-cnn-bn, resnet20, resnet20-gn, resnet56, resnet50"):
         build_model("vgg", 10, 3, 32)
 
 
@@ -85,7 +85,7 @@ def test_init_is_deterministic_under_manual_seed(name: str) -> None:
 
 
 def test_model_names_are_all_buildable() -> None:
-    assert MODEL_NAMES == ("digits-cnn", "resnet20", "resnet20-gn", "resnet56", "resnet50")
+    assert MODEL_NAMES == ("digits-cnn", "digits-cnn-bn", "resnet20", "resnet20-gn", "resnet56", "resnet50")
     for name in MODEL_NAMES:
         assert isinstance(build_model(name, 10, 3, 32), nn.Module)
 

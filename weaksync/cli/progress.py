@@ -97,6 +97,12 @@ def print_summary(console: Console, run_dir: Path, s: dict[str, Any]) -> None:
             f"{contrib['accepted']} / {contrib['dropped']} {contrib['drops_by_reason'] or ''}",
         ),
         (
+            "gradients that reached an update",
+            fmt(s.get("gradients", {}).get("used_share"), "{:.1%}")
+            + f" of {s.get('gradients', {}).get('computed', '-')} ({s.get('gradients', {}).get('folded', 0)} added "
+            "to a round their worker was already in)",
+        ),
+        (
             "blocks per step fresh / stale",
             f"{fmt(blocks['fresh_mean'], '{:.2f}')} / {fmt(blocks['stale_mean'], '{:.2f}')}",
         ),

@@ -7,18 +7,22 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-MODEL_NAMES: tuple[str, ...] = ("digits-cnn", "resnet20", "resnet20-gn", "resnet56", "resnet50")
+MODEL_NAMES: tuple[str, ...] = ("digits-cnn", "digits-cnn-bn", "resnet20", "resnet20-gn", "resnet56", "resnet50")
 
 
 class DigitsCNN(nn.Module):
-    """Small CNN without BatchNorm, so synchronous SGD matches single-process SGD exactly."""
+    """Small CNN, without BatchNorm by default so synchronous SGD matches single-process SGD exactly; the
+    `batchnorm` variant (digits-cnn-bn) is the seconds-long BatchNorm model the end-to-end tests train."""
 
-    def __init__(self, num_classes: int, in_channels: int = 1) -> None:
+    def __init__(self, num_classes: int, in_channels: int = 1, batchnorm: bool = False) -> None:
         super().__init__()
+        norm: Callable[[int], nn.Module] = nn.BatchNorm2d if batchnorm else lambda _: nn.Identity()
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 32, kernel_size=3, padding=1),
+            norm(32),
             nn.ReLU(inplace=True),
             nn.Conv2d(32, 64, kernel_size=3, padding=1),
+            norm(64),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
             # Identity for 8x8 inputs; keeps the head the same size for any image size.
@@ -151,6 +155,10 @@ def _digits_cnn(num_classes: int, in_channels: int) -> nn.Module:
     return DigitsCNN(num_classes, in_channels)
 
 
+def _digits_cnn_bn(num_classes: int, in_channels: int) -> nn.Module:
+    return DigitsCNN(num_classes, in_channels, batchnorm=True)
+
+
 def _resnet20(num_classes: int, in_channels: int) -> nn.Module:
     return ResNet(BasicBlock, [3, 3, 3], [16, 32, 64], num_classes, in_channels)
 
@@ -169,6 +177,7 @@ def _resnet50(num_classes: int, in_channels: int) -> nn.Module:
 
 _BUILDERS: dict[str, Callable[[int, int], nn.Module]] = {
     "digits-cnn": _digits_cnn,
+    "digits-cnn-bn": _digits_cnn_bn,
     "resnet20": _resnet20,
     "resnet20-gn": _resnet20_gn,
     "resnet56": _resnet56,

@@ -64,6 +64,8 @@ def corrected_momentum(momentum: float, staleness: float) -> float:
     momentum"): gradients s versions old act like momentum s/(1+s) on top of the optimizer's. Choosing the
     optimizer's μ' so that (1 - μ')(1 - s/(1+s)) = 1 - μ keeps the total at the configured μ: μ' = 1 - (1-μ)(1+s),
     at least 0. With no staleness (bsp, backup, or partial modes when nothing is slow) μ' = μ."""
+    if staleness <= 0:
+        return momentum
     return max(0.0, 1.0 - (1.0 - momentum) * (1.0 + staleness))
 
 

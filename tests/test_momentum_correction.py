@@ -1,0 +1,54 @@
+"""Momentum correction: staleness acts as momentum of its own (Mitliagkas et al. 2016), so the servers' SGD
+momentum is lowered while accepted gradients are stale, and left alone when they are not."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from weaksync.config import OptimSection, load_config
+from weaksync.core import Accept, Apply, ServerCore, make_policy
+from weaksync.runtime.blockstore import BlockStore
+from weaksync.runtime.flat import block_values, model_layout
+from weaksync.training.optim import corrected_momentum, lr_function, momentum_function, optimizer_factory
+
+
+@pytest.mark.parametrize(
+    ("staleness", "expected"),
+    [(0.0, 0.9), (1.0, 0.8), (3.0, 0.6), (9.0, 0.0), (20.0, 0.0)],  # async with N = 4 has s ≈ 3
+)
+def test_total_momentum_stays_the_configured_one(staleness: float, expected: float) -> None:
+    assert corrected_momentum(0.9, staleness) == pytest.approx(expected)
+
+
+def test_no_correction_without_sgd_momentum_or_when_switched_off() -> None:
+    assert momentum_function(OptimSection(momentum=0.0)) is None
+    assert momentum_function(OptimSection(name="adam")) is None
+    assert momentum_function(OptimSection(momentum_correction=False)) is None
+    assert load_config(None, {}).optim.momentum_correction is True
+
+
+def test_the_server_core_reports_the_staleness_of_what_it_accepts() -> None:
+    core = ServerCore(make_policy("async", 2, 1), [0])
+    for _ in range(5):
+        core.on_push(0, 0, core.version(0), 0, 0.0)  # fresh
+    assert core.staleness == 0.0
+    applies = [a for _ in range(200) for a in core.on_push(1, 0, core.version(0) - 3, 0, 0.0) if isinstance(a, Apply)]
+    assert applies[-1].staleness == pytest.approx(3.0, abs=0.1)
+
+
+def test_the_block_store_steps_with_the_corrected_momentum() -> None:
+    cfg = OptimSection(lr=0.1, momentum=0.9, weight_decay=0.0, schedule="constant")
+    model = nn.Linear(1, 1, bias=False)
+    layout = model_layout(model, 1, 1)
+    store = BlockStore(
+        layout, 0, block_values(model, layout, layout.blocks_of(0)), optimizer_factory(cfg),
+        lr_function(cfg, 10, 1, 1), momentum_function(cfg),
+    )  # fmt: skip
+    for version, staleness in ((1, 3.0), (2, 3.0)):
+        store.accept(Accept(0, 0, 0, version - 1, 1.0), torch.ones(1))
+        store.apply(Apply(0, version, ((0, 0, 1.0),), version, False, staleness))
+    assert store.optimizers[0].param_groups[0]["momentum"] == pytest.approx(0.6)
+    buf = store.optimizers[0].state[store.params[0]]["momentum_buffer"]
+    assert float(buf) == pytest.approx(1 + 0.6)  # second step: buf = μ'·1 + 1
