@@ -612,9 +612,7 @@ class Harness:
             self._check(push is not None and p.tau is not None and v - push.base > p.tau, f"s{s} wrongly stale: {a}")
         elif a.reason == "duplicate":
             self._check(
-                push is not None
-                and not p.fold_repeats
-                and any(c.worker == a.worker for c in self.rounds[a.block]),
+                push is not None and not p.fold_repeats and any(c.worker == a.worker for c in self.rounds[a.block]),
                 f"s{s} wrongly duplicate: {a}",
             )
         elif a.reason == "left":

@@ -53,19 +53,35 @@ def test_the_worker_waits_a_grace_for_the_remaining_blocks_once_b_are_fresh() ->
     assert core.ready(1.01)
 
 
-def test_a_block_later_than_the_step_is_measured_and_persistent_lateness_drops_the_pull_grace() -> None:
+def test_a_block_later_than_the_step_is_measured_and_a_persistently_late_block_is_not_waited_for() -> None:
     core = started(WorkerCore(0, make_policy("partial-pull", 2, 3, b=2, grace=0.5)))
     step(core, 0.0, took=0.1)  # grace up to 0.05 s
     core.on_block(0, 1, 1.0)
     core.on_block(1, 1, 1.0)
-    assert core.grace() == pytest.approx(0.05)
+    assert core.grace() == pytest.approx(0.05) and core.awaited() == {2}
     step(core, 1.05, took=0.1)  # the grace ran out without block 2
     core.on_block(2, 1, 1.3)  # it comes 0.3 s after the quorum: measured although nobody waited
-    assert core.late_after_quorum[-1] == 1.3 - 1.0
-    core.late_after_quorum.extend([0.3] * GRACE_HISTORY)
-    assert core.grace() == 0.0  # usually later than the cap: not waited for
-    core.late_after_quorum.extend([0.01] * GRACE_HISTORY)
-    assert core.grace() == pytest.approx(0.05)  # it recovered: waited for again
+    assert core.late_after_quorum[2][-1] == pytest.approx(0.3)
+    core.late_after_quorum[2].extend([0.3] * GRACE_HISTORY)
+    core.on_block(0, 2, 2.0)
+    core.on_block(1, 2, 2.0)
+    assert core.awaited() == set() and core.ready(2.0)  # usually later than the cap: not waited for
+    step(core, 2.0, took=0.1)
+    core.late_after_quorum[2].extend([0.01] * GRACE_HISTORY)
+    core.on_block(0, 3, 3.0)
+    core.on_block(1, 3, 3.0)
+    assert core.awaited() == {2} and not core.ready(3.0)  # it recovered: waited for again
+
+
+def test_only_the_blocks_that_usually_come_soon_are_waited_for() -> None:
+    core = started(WorkerCore(0, make_policy("partial-pull", 2, 4, b=2, grace=0.5)))
+    step(core, 0.0, took=0.1)
+    core.late_after_quorum[2].extend([0.3] * GRACE_HISTORY)  # block 2's server is slow, block 3's is not
+    core.on_block(0, 1, 1.0)
+    core.on_block(1, 1, 1.0)
+    assert core.awaited() == {2, 3} - {2} and not core.ready(1.0)
+    core.on_block(3, 1, 1.01)
+    assert core.ready(1.01)  # block 3 in; block 2 is not waited for
 
 
 # -- server: grace ---------------------------------------------------------------------------------------
@@ -137,3 +153,16 @@ def test_no_grace_for_ssp_and_async_and_where_quorums_are_full() -> None:
     assert make_policy("partial-pull", 4, 4, b=4).grace is None
     assert make_policy("partial", 4, 4).grace == 0.5
     assert make_policy("partial", 4, 4, grace=None).grace is None
+
+
+def test_a_gradient_dropped_as_stale_still_tells_how_late_it_was() -> None:
+    core = warmed("backup")  # tau = 0
+    core.late_after_quorum.extend([5.0] * GRACE_HISTORY)  # worker 2 used to be very late: no grace
+    t = 2.0
+    for _ in range(GRACE_HISTORY):
+        push(core, 0, t)
+        push(core, 1, t)  # closes at once
+        assert push(core, 2, t + 0.1, base=core.version(0) - 1)[0].reason == "stale"
+        t += 1.0
+    assert list(core.late_after_quorum)[-1] == pytest.approx(0.1)
+    assert core.grace() == 0.5  # it now comes 0.1 s after k: waited for again

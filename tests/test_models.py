@@ -62,7 +62,9 @@ def test_digits_cnn_has_no_batchnorm_but_resnets_do() -> None:
 
 
 def test_unknown_model_names_choices() -> None:
-    with pytest.raises(ValueError, match=r"unknown model 'vgg'.*digits-cnn, digits-cnn-bn, resnet20, resnet20-gn, resnet56, resnet50"):
+    with pytest.raises(
+        ValueError, match=r"unknown model 'vgg'.*digits-cnn, digits-cnn-bn, resnet20, resnet20-gn, resnet56, resnet50"
+    ):
         build_model("vgg", 10, 3, 32)
 
 

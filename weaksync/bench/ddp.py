@@ -51,7 +51,6 @@ from ..training.schedule import lr_at
 from ..training.workload import Workload, seed_model_init
 
 
-
 @dataclass
 class DdpSpec:
     """What one rank needs; picklable, sent to the forkserver child."""

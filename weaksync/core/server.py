@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from .actions import Accept, Apply, Drop, Send, ServerAction
 from .policy import SyncPolicy
 
-
 GRACE_HISTORY = 9  # rounds whose late arrivals decide whether waiting for them pays
 PERIOD_SMOOTHING = 0.2  # weight of the newest round period in its moving average
 STALENESS_SMOOTHING = 0.02  # weight of the newest accepted gradient's staleness in its moving average
@@ -112,6 +111,8 @@ class ServerCore:
         state = self.blocks.get(block)
         version = state.version if state else -1
         reason = self._push_problem(worker, block, base, state, problem)
+        if state is not None and reason in (None, "stale"):  # a late gradient, even one too late to use
+            self._note_late(state, worker, base, now)
         if reason is not None:
             actions: list[ServerAction] = [self._drop(worker, block, base, version, reason)]
             if reason in ("stale", "duplicate", "malformed"):
@@ -120,7 +121,6 @@ class ServerCore:
         assert state is not None
         staleness = version - base
         weight = 1.0 / (1 + staleness) if self.policy.weighting == "inverse" else 1.0
-        self._note_late(state, worker, base, now)
         if not state.contributors and self.policy.push_deadline is not None:
             state.round_deadline = now + self.policy.push_deadline
         actions: list[ServerAction] = [Accept(worker, block, base, version, weight)]

@@ -46,7 +46,7 @@ class WorkerCore:
         self.began_at: float | None = None
         self.quorum_at: float | None = None  # when this wait had its b-th fresh block
         self.late_watch: tuple[float, set[int]] | None = None  # (quorum time, blocks still to come)
-        self.late_after_quorum: deque[float] = deque(maxlen=GRACE_HISTORY)
+        self.late_after_quorum: list[deque[float]] = [deque(maxlen=GRACE_HISTORY) for _ in range(num_blocks)]
 
     def start(self, now: float) -> list[PullRequest]:
         """Pull every block in full: all workers start from the servers' θ₀."""
@@ -73,16 +73,22 @@ class WorkerCore:
         return True
 
     def grace(self) -> float:
-        """How long to wait for the remaining blocks once b are fresh: at most `policy.grace` × the compute
-        time of a step, and only if in most recent steps the last block came within that much after the b-th
-        (measured also when the step did not wait for it). A slow server or link thus costs nothing per step,
-        and one that recovers is waited for again."""
+        """The longest a step waits for the remaining blocks once b are fresh: `policy.grace` × the compute time
+        of a step (0 before the first step or without a grace)."""
         if self.policy.grace is None or self.compute is None:
             return 0.0
-        cap = self.policy.grace * self.compute
-        if not self.late_after_quorum:
-            return cap
-        return cap if statistics.median(self.late_after_quorum) <= cap else 0.0
+        return self.policy.grace * self.compute
+
+    def awaited(self) -> set[int]:
+        """The blocks still missing that are worth waiting the grace for: those that in most recent steps came
+        within the grace after the b-th (measured also when the step did not wait for them). A block of a slow
+        server or link is thus not waited for, and costs nothing per step; one that recovers is again."""
+        cap = self.grace()
+        if cap <= 0:
+            return set()
+        missing = set(range(self.policy.num_blocks)) - self.refreshed
+        history = self.late_after_quorum
+        return {j for j in missing if not history[j] or statistics.median(history[j]) <= cap}
 
     def ready(self, now: float) -> bool:
         """May the next step start? After the first full pull: b blocks refreshed since the last step
@@ -113,7 +119,8 @@ class WorkerCore:
             raise RuntimeError("begin_step called twice without end_step")
         self.plan = StepPlan(self.step, tuple(self.versions), frozenset(self.refreshed))
         if self.late_watch is not None:  # the last wait's missing blocks did not come before this step
-            self.late_after_quorum.append(now - self.late_watch[0])
+            for j in self.late_watch[1]:
+                self.late_after_quorum[j].append(now - self.late_watch[0])
             self.late_watch = None
         if self.policy.grace is not None and self.quorum_at is not None:
             missing = set(range(self.policy.num_blocks)) - self.refreshed
@@ -145,10 +152,9 @@ class WorkerCore:
         return max(self.quorum_at, self.wait_started or self.quorum_at)
 
     def _grace_end(self) -> float | None:
-        if self.quorum_at is None or len(self.refreshed) >= self.policy.num_blocks or self.step == 0:
+        if self.quorum_at is None or self.step == 0 or not self.awaited():
             return None
-        wait = self.grace()
-        return self._could_start() + wait if wait > 0 else None
+        return self._could_start() + self.grace()
 
     def _pull_deadline(self) -> float | None:
         if self.policy.pull_deadline is None or self.wait_started is None:
@@ -156,13 +162,17 @@ class WorkerCore:
         return self.wait_started + self.policy.pull_deadline
 
     def _note_late(self, block: int, now: float) -> None:
-        if len(self.refreshed) == self.policy.num_blocks and self.quorum_at is not None:
-            self.late_after_quorum.append(max(0.0, now - self._could_start()))  # every block came in time
-        if self.late_watch is not None and block in self.late_watch[1]:
-            self.late_watch[1].discard(block)
-            if not self.late_watch[1]:
-                self.late_after_quorum.append(now - self.late_watch[0])
+        """How long after the quorum this block came, for `awaited`."""
+        watch = self.late_watch
+        if watch is not None and block in watch[1]:  # missed the step that began without it
+            watch[1].discard(block)
+            self.late_after_quorum[block].append(now - watch[0])
+            if not watch[1]:
                 self.late_watch = None
+        elif self.quorum_at is None or self.plan is not None:  # in before anyone needed it
+            self.late_after_quorum[block].append(0.0)
+        else:  # while this wait runs
+            self.late_after_quorum[block].append(max(0.0, now - self._could_start()))
 
     def _pulls(self) -> list[PullRequest]:
         wanted = [j for j in range(self.policy.num_blocks) if j not in self.outstanding]

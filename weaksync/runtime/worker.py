@@ -177,9 +177,7 @@ class Worker:
         for p in pushes:
             block = self.layout.blocks[p.block]
             payload = vector[block.start : block.stop]
-            frames = encode(
-                "push", payload, w=self.id, j=p.block, base=p.base, step=p.step, ts=time.time()
-            )
+            frames = encode("push", payload, w=self.id, j=p.block, base=p.base, step=p.step, ts=time.time())
             self.send(block.server, frames, payload.nbytes, plan.step)
             push_bytes += payload.nbytes
             self.links[block.server].push_bytes += payload.nbytes
