@@ -6,7 +6,7 @@ For each run directory (its `final_model.pt` and `config.yaml`) prints test accu
 - eval: eval mode with the running statistics the servers averaged (what the run reports);
 - batch: train mode, each test batch of the run's batch size normalised by its own statistics;
 - recomputed: eval mode after recomputing the statistics on 2,048 training images with the final weights
-  (PreciseBN; `weaksync.training.bn.recompute_bn_stats`).
+  (PreciseBN, with `torch.optim.swa_utils.update_bn`).
 If `recomputed` and `batch` are high while `eval` is low, the weights are fine and the averaged statistics
 are what fails; if all three are low, the weights themselves did not learn.
 """
@@ -20,7 +20,6 @@ import torch
 
 from weaksync.config import load_config
 from weaksync.runtime.evaluator import FINAL_MODEL
-from weaksync.training.bn import recalibration_batches, recompute_bn_stats
 from weaksync.training.evaluate import evaluate_loss_and_accuracy
 from weaksync.training.workload import builtin_workload, seed_model_init
 
@@ -44,7 +43,8 @@ def diagnose(run_dir: Path) -> dict[str, float]:
     train, test = work.data_fn()
     out = {"eval": evaluate_loss_and_accuracy(model, test)[1]}
     out["batch"] = batch_stat_accuracy(model, test, cfg.train.batch_size)
-    recompute_bn_stats(model, recalibration_batches(train, 2048, 256, cfg.run.seed))
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.run.seed))[:2048]
+    torch.optim.swa_utils.update_bn(train.tensors[0][order].split(256), model)
     out["recomputed"] = evaluate_loss_and_accuracy(model, test)[1]
     return out
 

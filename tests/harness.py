@@ -244,7 +244,6 @@ class Harness:
         self.round_opened: list[float | None] = [None] * policy.num_blocks
         self.pending_pulls: dict[tuple[int, int], int] = {}  # (worker, block) -> want_gt, at the server
         self.applied: set[tuple[int, int, int]] = set()  # (worker, block, step)
-        self.pushed = 0  # pushes that left workers
         self.computed: dict[int, Any] = {}
         self.departed: set[int] = set()  # workers that stopped (target reached, bye or crash)
         self.crashed: set[int] = set()
@@ -457,7 +456,6 @@ class Harness:
         for q in pushes:
             payload = self.hooks.push_payload(w, q.block, computed)
             self.channels[(f"w{w}", f"s{self.owners[q.block]}")].append(PushMsg(w, q.block, q.base, q.step, payload))
-            self.pushed += 1
         self._send_pulls(w, pulls)
         stop = self.stops.get(w)
         if core.step >= self.targets[w] or (stop is not None and core.step >= stop.after):

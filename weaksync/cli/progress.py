@@ -79,7 +79,7 @@ def print_summary(console: Console, run_dir: Path, s: dict[str, Any]) -> None:
     def fmt(value: Any, pattern: str = "{:.3f}") -> str:
         return "-" if value is None else pattern.format(value)
 
-    contrib, blocks = s["contributions"], s["blocks_per_step"]
+    contrib, blocks, grads = s["contributions"], s["blocks_per_step"], s.get("gradients", {})
     table = Table(title=f"run {run_dir}", show_header=False, box=None)
     rows = [
         (
@@ -98,9 +98,8 @@ def print_summary(console: Console, run_dir: Path, s: dict[str, Any]) -> None:
         ),
         (
             "gradients that reached an update",
-            fmt(s.get("gradients", {}).get("used_share"), "{:.1%}")
-            + f" of {s.get('gradients', {}).get('computed', '-')} ({s.get('gradients', {}).get('folded', 0)} added "
-            "to a round their worker was already in)",
+            fmt(grads.get("used_share"), "{:.1%}")
+            + f" of {grads.get('computed', '-')} ({grads.get('folded', 0)} added to a round their worker was in)",
         ),
         (
             "blocks per step fresh / stale",

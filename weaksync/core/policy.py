@@ -10,6 +10,7 @@ MODES = ("bsp", "backup", "partial-pull", "partial", "ssp", "async")
 Weighting = Literal["none", "inverse"]
 GRACE_MODES = ("backup", "partial-pull", "partial")  # ssp and async apply every gradient on arrival by design
 DEFAULT_GRACE = 0.5
+GRACE_HISTORY = 9  # rounds (server) or steps (worker) whose lateness decides whether waiting pays
 
 
 @dataclass(frozen=True)
@@ -26,10 +27,9 @@ class SyncPolicy:
     wait_for_pull: workers wait for b refreshed blocks; False (async): only for the answers to their
       pulls, which servers send at once with whatever version they hold.
     weighting: "inverse" weights a contribution of staleness s by 1/(1+s); "none" averages plainly.
-    fold_repeats: no gradient is thrown away by rule. A worker pushes a block once per version it received
-      and folds the gradients of steps taken before a newer version came into its next push; a server adds
-      a second push of one worker to the round it already contributed to (both weighted by the minibatches
-      they hold). False: the original rule, such pushes are computed and dropped as `duplicate`.
+    fold_repeats: a push from a worker that already contributed to the block's open round (it stepped again
+      before the block advanced) is added to its contribution, so the update averages every minibatch it
+      holds. False: the original rule, such pushes are dropped as `duplicate`.
     grace: the quorums k and b are minimums. Once they are met, the server waits a little longer for the
       remaining live workers' gradients, and the worker for the remaining blocks, when these usually come
       that soon: at most `grace` × the typical round period (server) or compute time (worker). When nothing

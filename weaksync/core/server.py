@@ -12,9 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .actions import Accept, Apply, Drop, Send, ServerAction
-from .policy import SyncPolicy
+from .policy import GRACE_HISTORY, SyncPolicy
 
-GRACE_HISTORY = 9  # rounds whose late arrivals decide whether waiting for them pays
 PERIOD_SMOOTHING = 0.2  # weight of the newest round period in its moving average
 STALENESS_SMOOTHING = 0.02  # weight of the newest accepted gradient's staleness in its moving average
 
@@ -214,10 +213,10 @@ class ServerCore:
 
     def _close_if_due(self, block: int, state: _BlockState, now: float) -> list[ServerAction]:
         """Apply once every worker that can contribute did, or k did and the grace (if any) is over."""
-        have = len(state.contributors)
-        if have >= len(self.live | state.contributors.keys()):
+        have, can = len(state.contributors), len(self.live | state.contributors.keys())
+        if have >= can:
             return self._apply(block, state, now=now)
-        if have < self.quorum(block):
+        if have < max(1, min(self.policy.k, can)):  # quorum(block), without a second set union
             return []
         if state.quorum_time is None:
             state.quorum_time = now

@@ -11,9 +11,8 @@ from collections import deque
 from dataclasses import dataclass
 
 from .actions import PullRequest, PushRequest
-from .policy import SyncPolicy
+from .policy import GRACE_HISTORY, SyncPolicy
 
-GRACE_HISTORY = 9  # steps whose late blocks decide whether waiting for them pays
 COMPUTE_SMOOTHING = 0.2  # weight of the newest step's compute time in its moving average
 
 

@@ -16,14 +16,14 @@ class DigitsCNN(nn.Module):
 
     def __init__(self, num_classes: int, in_channels: int = 1, batchnorm: bool = False) -> None:
         super().__init__()
-        norm: Callable[[int], nn.Module] = nn.BatchNorm2d if batchnorm else lambda _: nn.Identity()
+
+        def conv(cin: int, cout: int) -> list[nn.Module]:
+            norm = [nn.BatchNorm2d(cout)] if batchnorm else []  # none: digits-cnn keeps its layer names
+            return [nn.Conv2d(cin, cout, kernel_size=3, padding=1), *norm, nn.ReLU(inplace=True)]
+
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 32, kernel_size=3, padding=1),
-            norm(32),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(32, 64, kernel_size=3, padding=1),
-            norm(64),
-            nn.ReLU(inplace=True),
+            *conv(in_channels, 32),
+            *conv(32, 64),
             nn.MaxPool2d(2),
             # Identity for 8x8 inputs; keeps the head the same size for any image size.
             nn.AdaptiveAvgPool2d((4, 4)),
@@ -83,16 +83,16 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, norm: Norm = nn.BatchNorm2d) -> None:
         super().__init__()
         out_planes = planes * self.expansion
         self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = norm(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = norm(planes)
         self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_planes)
-        self.shortcut = _shortcut(in_planes, out_planes, stride)
+        self.bn3 = norm(out_planes)
+        self.shortcut = _shortcut(in_planes, out_planes, stride, norm)
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,7 +116,6 @@ class ResNet(nn.Module):
     ) -> None:
         super().__init__()
         stem_width = stage_widths[0]
-        extra = {} if norm is nn.BatchNorm2d else {"norm": norm}  # Bottleneck has BatchNorm only
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, stem_width, 3, stride=1, padding=1, bias=False),
             norm(stem_width),
@@ -128,7 +127,7 @@ class ResNet(nn.Module):
             stride = 1 if i == 0 else 2
             layers: list[nn.Module] = []
             for j in range(blocks):
-                layers.append(block(in_planes, width, stride if j == 0 else 1, **extra))
+                layers.append(block(in_planes, width, stride if j == 0 else 1, norm))
                 in_planes = width * block.expansion
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
