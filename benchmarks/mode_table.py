@@ -1,0 +1,74 @@
+"""Per-mode table of a `weaksync bench` results folder, with per-repeat figures and ratios against bsp.
+
+docs/results.md quotes these tables: medians of per-repeat ratios, so that machine drift between repeats
+cancels (each repeat ran every mode back to back).
+
+    python benchmarks/mode_table.py runs/<bench> [--scenario none]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+
+def load(folder: Path) -> dict[tuple[str, str], dict[int, dict]]:
+    """(scenario, mode) -> repeat -> summary.json of that run."""
+    runs: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
+    for summary in sorted(folder.glob("*__*__*/summary.json")):
+        scenario, mode, repeat = summary.parent.name.split("__")
+        runs[scenario, mode][int(repeat)] = json.loads(summary.read_text())
+    return runs
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def table(runs: dict[tuple[str, str], dict[int, dict]], scenario: str) -> str:
+    modes = [m for (s, m) in runs if s == scenario]
+    base = runs.get((scenario, "bsp"), {})
+    rows = [
+        "| mode | worker steps/s | time to target (s) | per repeat | ÷ bsp (median of per-repeat ratios) "
+        "| final accuracy (min–max) | final − bsp (pt) | gradients that reached an update |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    bsp_final = statistics.median(r["final_accuracy"] for r in base.values()) if base else None
+    for mode in modes:
+        reps = runs[scenario, mode]
+        times = [reps[i]["time_to_accuracy"] for i in sorted(reps)]
+        reached = [t for t in times if t is not None]
+        ratios = [
+            reps[i]["time_to_accuracy"] / base[i]["time_to_accuracy"]
+            for i in sorted(reps)
+            if i in base and reps[i]["time_to_accuracy"] and base[i]["time_to_accuracy"]
+        ]
+        finals = [r["final_accuracy"] for r in reps.values()]
+        shares = [r["gradients"]["used_share"] * 100 for r in reps.values()]
+        final = statistics.median(finals)
+        rows.append(
+            f"| {mode} | {statistics.median(r['steps_per_s'] for r in reps.values()):.1f} "
+            f"| {_fmt(statistics.median(reached) if len(reached) == len(times) else None)} "
+            f"| {', '.join(_fmt(t) for t in times)} | {_fmt(statistics.median(ratios) if ratios else None)} "
+            f"| {final:.3f} ({min(finals):.3f}–{max(finals):.3f}) "
+            f"| {_fmt(None if bsp_final is None else (final - bsp_final) * 100, 1)} "
+            f"| {statistics.median(shares):.1f} % ({min(shares):.1f}–{max(shares):.1f}) |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--scenario", action="append", help="default: every scenario in the folder")
+    args = parser.parse_args()
+    runs = load(args.folder)
+    for scenario in args.scenario or sorted({s for s, _ in runs}):
+        print(f"\n{scenario}:\n\n{table(runs, scenario)}")
+
+
+if __name__ == "__main__":
+    main()
