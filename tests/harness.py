@@ -110,6 +110,7 @@ class Contribution:
     base: int
     weight: float
     step: int
+    tau: int | None = None  # the staleness bound in force when it was accepted (auto moves it)
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,10 @@ class Harness:
         hooks: Hooks | None = None,
         max_events: int = 200_000,
         trace_len: int = 40,
+        durations: Sequence[float] | None = None,
     ) -> None:
+        """`durations`: seconds each worker's step takes (the clock then advances to let it end; auto's tuner
+        sees those times); None: a step may end at once, time moves only for deadlines."""
         assert len(owners) == policy.num_blocks
         self.policy = policy
         self.owners = list(owners)
@@ -222,6 +226,9 @@ class Harness:
         self.hooks = hooks or Hooks()
         self.max_events = max_events
         self.now = 0.0
+        self.tau_in_force = policy.tau
+        self.durations = list(durations) if durations is not None else None
+        self.step_ends: dict[int, float] = {}  # worker -> when its step may end (with durations)
         self.events = 0
         self.trace: deque[str] = deque(maxlen=trace_len)
         self.history: list[tuple] = []
@@ -327,14 +334,19 @@ class Harness:
             if w in self.departed:
                 continue
             if core.plan is not None:
-                events.append(("end", w))
+                if self.now >= self.step_ends.get(w, 0.0):
+                    events.append(("end", w))
             elif core.ready(self.now):
                 events.append(("begin", w))
-        events += [("tick", t) for t in self._future_deadlines()]
+        ticks = self._future_deadlines()
+        if self.durations is not None:  # timed steps: messages and steps take no time, so the clock moves
+            ticks = [] if events else ticks[:1]  # only when nothing else can happen, to the next thing that does
+        events += [("tick", t) for t in ticks]
         return events
 
     def _future_deadlines(self) -> list[float]:
         times = [d for core in self.servers if (d := core.next_deadline()) is not None and d > self.now]
+        times += [t for w, t in self.step_ends.items() if t > self.now and w not in self.departed]
         for w, core in enumerate(self.workers):
             if w in self.departed or core.plan is not None or core.ready(self.now):
                 continue
@@ -358,7 +370,7 @@ class Harness:
                 self._at_worker(int(dst[1:]), msg)
         elif kind == "begin":
             self._begin(event[1])
-            if not self.split_steps:
+            if not self.split_steps and self.durations is None:
                 self._end(event[1])
         elif kind == "end":
             self._end(event[1])
@@ -406,6 +418,8 @@ class Harness:
         core, p = self.workers[w], self.policy
         versions, refreshed, deadline = tuple(core.versions), frozenset(core.refreshed), core.deadline()
         plan = core.begin_step(self.now)
+        if self.durations is not None:
+            self.step_ends[w] = self.now + self.durations[w] * (0.5 + self.rng.random())
         self.trace.append(
             f"t={self.now:g} w{w} begin step {plan.step} versions={plan.versions} fresh={sorted(plan.fresh)}"
         )
@@ -415,8 +429,8 @@ class Harness:
         if p.wait_for_pull and plan.step > 0:
             by_deadline = deadline is not None and self.now >= deadline and len(refreshed) >= 1
             self._check(
-                len(refreshed) >= p.b or by_deadline,
-                f"w{w} began step {plan.step} with {len(refreshed)} < b={p.b} fresh blocks, before its deadline",
+                len(refreshed) >= core.b or by_deadline,
+                f"w{w} began step {plan.step} with {len(refreshed)} < b={core.b} fresh blocks, before its deadline",
             )
         if p.ssp_slack is not None and p.b == p.num_blocks and p.pull_deadline is None and p.wait_for_pull:
             # a reply that arrives mid-step counts for the next step but answers a pull sent one clock
@@ -481,6 +495,7 @@ class Harness:
     def _at_server(self, s: int, msg: Message) -> None:
         core = self.servers[s]
         if isinstance(msg, PushMsg):
+            self.tau_in_force = core.tau  # auto may change τ after judging this push
             actions = core.on_push(msg.worker, msg.block, msg.base, msg.step, self.now)
             self._server_actions(s, actions, push=msg)
         elif isinstance(msg, PullMsg):
@@ -542,7 +557,8 @@ class Harness:
         assert push is not None
         v = self.version[a.block]
         self._check(a.version == v, f"s{s} accepted {a} while the block is at v{v}")
-        self._check(a.base <= v and (p.tau is None or v - a.base <= p.tau), f"s{s} accepted {a} beyond tau={p.tau}")
+        tau = self.tau_in_force
+        self._check(a.base <= v and (tau is None or v - a.base <= tau), f"s{s} accepted {a} beyond tau={tau}")
         weight = 1.0 / (1 + v - a.base) if p.weighting == "inverse" else 1.0
         self._check(a.weight == weight, f"s{s} accepted {a} with weight {a.weight}, expected {weight}")
         rnd = self.rounds[a.block]
@@ -554,7 +570,7 @@ class Harness:
         self._check((a.worker, a.block, push.step) not in self.applied, f"s{s} accepted an applied push {push}")
         if not rnd:
             self.round_opened[a.block] = self.now
-        rnd.append(Contribution(a.worker, a.base, a.weight, push.step))
+        rnd.append(Contribution(a.worker, a.base, a.weight, push.step, tau))
         self.accepts.append((s, a))
         self.hooks.accept(s, a, push.payload)
 
@@ -577,20 +593,21 @@ class Harness:
             key = (c.worker, a.block, c.step)
             self._check(key not in self.applied, f"s{s} {a} applies w{c.worker}'s step {c.step} a second time")
             self.applied.add(key)
-            self._check(p.tau is None or a.version - 1 - c.base <= p.tau, f"s{s} {a} holds a too stale contribution")
+            self._check(c.tau is None or a.version - 1 - c.base <= c.tau, f"s{s} {a} holds a too stale contribution")
         # k, capped by the workers that can still contribute to this round: the live ones and those who
         # already did (a departed worker never stalls the rest, an early finisher never cuts a round short)
         can_contribute = (set(range(p.num_workers)) - self.left[s]) | set(merged)
-        quorum = max(1, min(p.k, len(can_contribute)))
+        quorum = max(1, min(p.k if a.quorum is None else a.quorum, len(can_contribute)))
         if a.by_deadline:
             opened = self.round_opened[a.block]
             self._check(
                 p.push_deadline is not None and opened is not None and self.now >= opened + p.push_deadline,
                 f"s{s} {a} by deadline before the deadline (round opened at {opened}, now {self.now})",
             )
-        elif p.grace is None:
+        elif p.grace is None and not p.auto:
             self._check(len(merged) == quorum, f"s{s} {a}: {len(merged)} contributors, quorum is {quorum}")
-        else:  # k met; with a grace the round may wait for more, never for more than can contribute
+        else:  # k met; with a grace the round may wait for more, never for more than can contribute; under
+            # auto a round that had more than a newly lowered k closes with all it has
             self._check(
                 quorum <= len(merged) <= len(can_contribute),
                 f"s{s} {a}: {len(merged)} contributors, quorum is {quorum} of {len(can_contribute)}",
@@ -607,7 +624,8 @@ class Harness:
         self.drops[a.reason] += 1
         v = self.version[a.block]
         if a.reason == "stale":
-            self._check(push is not None and p.tau is not None and v - push.base > p.tau, f"s{s} wrongly stale: {a}")
+            tau = self.tau_in_force
+            self._check(push is not None and tau is not None and v - push.base > tau, f"s{s} wrongly stale: {a}")
         elif a.reason == "duplicate":
             self._check(
                 push is not None and not p.fold_repeats and any(c.worker == a.worker for c in self.rounds[a.block]),

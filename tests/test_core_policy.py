@@ -12,7 +12,16 @@ from weaksync.core import MODES, SyncPolicy, make_policy, resolve_count
 
 
 def test_modes_are_the_design_table() -> None:
-    assert MODES == ("bsp", "backup", "partial-pull", "partial", "ssp", "async")
+    assert MODES == ("auto", "bsp", "backup", "partial-pull", "partial", "ssp", "async")
+
+
+def test_auto_starts_as_bsp_and_takes_k_and_b_as_its_lowest_quorums() -> None:
+    p = make_policy("auto", 4, 6)
+    assert (p.k, p.b, p.tau, p.auto, p.k_min, p.b_min, p.grace) == (4, 6, 1, True, 1, 1, None)
+    p = make_policy("auto", 8, 6, k=0.5, b=2)
+    assert (p.k, p.b, p.k_min, p.b_min) == (8, 6, 4, 2)
+    with pytest.raises(ValueError, match="auto needs tau >= 1"):
+        make_policy("auto", 4, 4, tau=0)
 
 
 @pytest.mark.parametrize(("n", "nb"), [(1, 1), (3, 4), (8, 10)])

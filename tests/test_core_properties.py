@@ -81,12 +81,15 @@ def check_records(h: Harness) -> None:
         for c in u.contributions:
             assert (c.worker, a.block, c.step) not in seen, "(c) a contribution applied twice"
             seen.add((c.worker, a.block, c.step))
-            assert p.tau is None or a.version - 1 - c.base <= p.tau, "(e) staleness bound"
+            assert c.tau is None or a.version - 1 - c.base <= c.tau, "(e) staleness bound in force when accepted"
+            if not p.auto:
+                assert c.tau == p.tau
         assert len(workers) >= 1
         if not a.by_deadline:
-            assert len(workers) >= min(p.k, u.live), "(d) quorum, capped only by departures"
-            if u.live == p.num_workers and p.grace is None:
-                assert len(workers) == p.k, "(d) exactly k while everyone is live"
+            k = p.k if a.quorum is None else a.quorum  # auto: the k in force when the round closed
+            assert len(workers) >= min(k, u.live), "(d) quorum, capped only by departures"
+            if u.live == p.num_workers and p.grace is None and not p.auto:
+                assert len(workers) == k, "(d) exactly k while everyone is live"
         else:
             assert p.push_deadline is not None
     for core in h.servers:

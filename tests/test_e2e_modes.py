@@ -11,13 +11,14 @@ import pytest
 import torch
 from conftest import events, small_config
 
+from weaksync.core.auto import staleness_bound
 from weaksync.runtime.evaluator import FINAL_MODEL
 from weaksync.runtime.launcher import run_local
 from weaksync.training.models import build_model
 
 pytestmark = pytest.mark.e2e
 
-MODES = ["bsp", "backup", "partial-pull", "partial", "ssp", "async"]
+MODES = ["auto", "bsp", "backup", "partial-pull", "partial", "ssp", "async"]
 
 
 def _pids(run_dir: Path) -> list[int]:
@@ -63,7 +64,10 @@ def test_mode_trains_and_obeys_thresholds(tmp_path: Path, mode: str) -> None:
         workers = [w for w, _ in u["contributors"]]
         assert len(workers) == len(set(workers)), "a worker contributed twice to one update"
         if u["t"] < first_end:  # once a worker finished, the quorum is capped at those still running
-            assert len(workers) >= k
+            assert len(workers) >= u["k"]  # the k in force when the round closed (auto moves it)
+            assert mode == "auto" or u["k"] == k
+        if mode == "auto":
+            tau = staleness_bound(n, 1)  # the largest τ auto can choose (it follows k)
         if tau is not None:
             assert all(u["v"] - 1 - base <= tau for _, base in u["contributors"])
     if mode == "bsp":
@@ -82,6 +86,18 @@ def test_mode_trains_and_obeys_thresholds(tmp_path: Path, mode: str) -> None:
     if mode == "bsp":
         steps = [e for e in events(run_dir, "worker-0") if e["ev"] == "step"]
         assert all(e["versions"] == [e["step"]] * s["num_blocks"] for e in steps)
+
+
+def test_auto_sheds_a_slow_worker_and_says_why(tmp_path: Path) -> None:
+    """auto under a ×4 slow worker: both servers lower k to 3, and summary.json holds each change's reason."""
+    result = run_local(small_config(tmp_path, **{"sync.mode": "auto", "scenario": "slow-worker-x4"}))
+    s = result.summary
+    assert s["final_accuracy"] >= 0.8
+    assert s["quorums"]["k"] == {"0": 3, "1": 3}, s["quorums"]
+    servers = [c for c in s["quorums"]["changes"] if c["who"].startswith("server")]
+    assert {c["who"] for c in servers} == {"server-0", "server-1"}
+    assert all(c["value"] < c["previous"] and "beats k=4" in c["reason"] for c in servers[:2])
+    assert all(0 <= c["t"] <= s["train_seconds"] for c in s["quorums"]["changes"])
 
 
 def test_deferred_evaluation_measures_after_training(tmp_path: Path) -> None:

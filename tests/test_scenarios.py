@@ -15,8 +15,11 @@ SHIPPED = [
     "pareto-dolly",
     "shifted-exp",
     "slow-server",
+    "slow-server-window",
+    "slow-worker-moves",
     "slow-worker-x2",
     "slow-worker-x4",
+    "spike-burst",
     "spikes",
     "spikes-5pct",
 ]
@@ -45,13 +48,17 @@ def test_shipped_scenario_loads_and_is_cited(name):
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_scenario_is_visible_at_the_default_scale(name):
-    """4 workers, 2 servers, ~7 ms compute: some role gets >= 1 ms extra per step on average, none is absurd."""
+    """4 workers, 2 servers, ~7 ms compute, 2000 steps over 5 s: some role gets >= 1 ms extra per step on average,
+    none is absurd."""
     rules = load_scenario(name).stragglers
     delayers = [delayer_for(rules, "worker", w, 0) for w in range(4)]
     delayers += [delayer_for(rules, "server", s, 0) for s in range(2)]
     delayers += [delayer_for(rules, "link", w, 0, peer=s) for w in range(4) for s in range(2)]
     assert any(d.active for d in delayers)
-    means = [np.mean([d.sample(step, measured=0.007, nbytes=100_000) for step in range(2000)]) for d in delayers]
+    means = [
+        np.mean([d.sample(step, measured=0.007, nbytes=100_000, elapsed=step * 0.0025) for step in range(2000)])
+        for d in delayers
+    ]
     assert max(means) >= 0.001
     assert max(means) < 0.1  # the default 300-step run stays well under a minute
 
@@ -170,3 +177,18 @@ def test_a_bad_user_file_gives_one_line_naming_the_file_and_field(tmp_path, text
     assert msg.startswith(f"scenario file '{path}'")
     assert needle in msg
     assert "\n" not in msg
+
+
+def test_the_changing_scenarios_change_during_the_run():
+    """The three time-windowed scenarios (seconds into the run, not steps: a slow worker reaches a step later)."""
+    moves = load_scenario("slow-worker-moves").stragglers
+    w1, w2 = delayer_for(moves, "worker", 1, 0), delayer_for(moves, "worker", 2, 0)
+    assert w1.sample(5, measured=0.01, elapsed=0.5) == pytest.approx(0.03) and w2.sample(5, 0.01, elapsed=0.5) == 0
+    assert w1.sample(500, measured=0.01, elapsed=1.5) == 0 and w2.sample(9, 0.01, elapsed=1.5) == pytest.approx(0.03)
+    window = delayer_for(load_scenario("slow-server-window").stragglers, "server", 1, 0)
+    samples = [window.sample(0, elapsed=t) for t in (0.1, 0.5, 1.4, 1.6)]
+    assert samples == [0.0, pytest.approx(0.045), pytest.approx(0.045), 0.0]
+    burst = delayer_for(load_scenario("spike-burst").stragglers, "worker", 0, 0)
+    inside = [burst.sample(step, measured=0.01, elapsed=0.3 + step * 1e-4) for step in range(2000)]
+    outside = [burst.sample(step, measured=0.01, elapsed=1.5 + step * 1e-3) for step in range(2000)]
+    assert 0.02 < np.mean([x > 0 for x in inside]) < 0.1 and not any(outside)

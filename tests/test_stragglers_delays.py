@@ -290,6 +290,8 @@ def rule(**kw) -> StragglerRule:
         ({"target": "server", "bandwidth": 1e6}, "bandwidth applies to links only"),
         ({"target": "link"}, "needs a delay or a bandwidth"),
         ({"target": "worker", "delay": FIXED, "start_step": 5, "end_step": 5}, "end_step=5 must exceed start_step=5"),
+        ({"target": "worker", "delay": FIXED, "start_s": 2.0, "end_s": 1.0}, "end_s=1.0 must exceed start_s=2.0"),
+        ({"target": "worker", "delay": FIXED, "start_s": -1}, "greater than or equal to 0"),
         ({"target": "worker", "delay": FIXED, "servers": [0]}, "servers names the server end of a link"),
         ({"target": "worker", "delay": FIXED, "ids": []}, "ids is empty"),
         ({"target": "link", "delay": FIXED, "servers": []}, "servers is empty"),

@@ -41,10 +41,10 @@ class ClusterSection(_Section):
 
 
 class SyncSection(_Section):
-    mode: Literal["bsp", "backup", "partial-pull", "partial", "ssp", "async"] = "partial"
-    k: Count | None = Field(None, description="push quorum: count or fraction of workers")
-    b: Count | None = Field(None, description="pull quorum: count or fraction of blocks")
-    tau: int | None = Field(None, ge=0, description="staleness bound")
+    mode: Literal["auto", "bsp", "backup", "partial-pull", "partial", "ssp", "async"] = "auto"
+    k: Count | None = Field(None, description="push quorum: count or fraction of workers (auto: its lowest)")
+    b: Count | None = Field(None, description="pull quorum: count or fraction of blocks (auto: its lowest)")
+    tau: int | None = Field(None, ge=0, description="staleness bound (auto: its value at the start; it follows k)")
     backups: int = Field(1, ge=0, description="c in k = N - c for backup/partial")
     pull_fraction: float = Field(0.5, gt=0, le=1, description="ρ in b = ceil(ρB) for partial-pull/partial")
     push_deadline: float | None = Field(None, gt=0, description="seconds; update with >= 1 contribution after it")

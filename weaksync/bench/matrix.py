@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # the CLI imports this module for its defaults; torch loads o
     from ..runtime.launcher import RunResult
 
 DEFAULT_SCENARIOS = ("none", "slow-worker-x4", "spikes-5pct")
-DEFAULT_MODES = ("bsp", "backup", "partial-pull", "partial", "ssp", "async", "ddp")
+DEFAULT_MODES = ("auto", "bsp", "backup", "partial-pull", "partial", "ssp", "async", "ddp")
 # Time to accuracy is quantised by the evaluation interval, and digits reaches 95 % in 1-2 s here, so bench runs
 # snapshot every 50 ms unless told otherwise (`--set train.eval_interval=...`). Snapshots are evaluated after
 # training, as the DDP baseline does: evaluating live took ~6 % of this 2-core machine from weaksync's training

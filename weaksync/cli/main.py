@@ -57,7 +57,7 @@ def _set_pairs(pairs: list[str]) -> dict[str, Any]:
 @app.command()
 def train(
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML config; flags override it"),
-    mode: str | None = typer.Option(None, help="bsp | backup | partial-pull | partial | ssp | async"),
+    mode: str | None = typer.Option(None, help="auto | bsp | backup | partial-pull | partial | ssp | async"),
     workers: int | None = typer.Option(None, help="number of workers N"),
     servers: int | None = typer.Option(None, help="number of servers S"),
     blocks: int | None = typer.Option(None, help="parameter blocks B (default: auto)"),

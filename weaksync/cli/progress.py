@@ -34,7 +34,7 @@ class LiveProgress:
 
     def update(self, progress: dict[str, Any]) -> None:
         table = Table(box=None, header_style="bold")
-        for col in ("worker", "step", "steps/s", "compute ms", "stale blocks/step", "accepted", ""):
+        for col in ("worker", "step", "steps/s", "compute ms", "b", "stale blocks/step", "accepted", ""):
             table.add_column(col, justify="right")
         budget = self.config.train.steps * self.config.cluster.workers
         workers = progress.get("workers", {})
@@ -57,16 +57,18 @@ class LiveProgress:
             rate = f"{self.rates[w]:.1f}" if w in self.rates else "-"
             ratio = lags(computes, w) if w in computes else None
             flag = Text(f"straggler ×{ratio:.1f}", style="bold red") if ratio else ""
-            table.add_row(str(w), f"{p['step']}", rate, compute, f"{p.get('stale_blocks', 0):.2f}", share, flag)
+            b = str(p.get("b", "-"))
+            table.add_row(str(w), f"{p['step']}", rate, compute, b, f"{p.get('stale_blocks', 0):.2f}", share, flag)
         servers = progress.get("servers", {}).values()
         drops: dict[str, int] = {}
         for s in servers:
             for reason, count in s["drops"].items():
                 drops[reason] = drops.get(reason, 0) + count
         updates = sum(s["updates"] for s in servers)
+        ks = "/".join(str(s.get("k", "-")) for s in servers)
         acc = progress.get("eval", {}).get("accuracy")
         head = Text(
-            f"{self.config.sync.mode}  N={self.config.cluster.workers} S={self.config.cluster.servers}  "
+            f"{self.config.sync.mode}  N={self.config.cluster.workers} S={self.config.cluster.servers}  k={ks}  "
             f"elapsed {time.monotonic() - self.started:.0f}s  "
             f"steps {sum(p['step'] for p in workers.values())}/{budget}  "
             f"test accuracy {'-' if acc is None else f'{acc:.3f}'}  block updates {updates}  "
@@ -110,6 +112,12 @@ def print_summary(console: Console, run_dir: Path, s: dict[str, Any]) -> None:
             f"{fmt(s['traffic']['bytes_per_step'], '{:,.0f}')} / {fmt(s['traffic']['msgs_per_step'], '{:.1f}')}",
         ),
     ]
+    quorums = s.get("quorums", {})
+    if quorums.get("changes") or s.get("mode") == "auto":
+        ends = f"k per server {quorums.get('k')}, b per worker {quorums.get('b')} at the end"
+        rows.append(("auto", f"{len(quorums.get('changes', []))} changes; {ends}"))
+        for change in quorums.get("changes", [])[:8]:
+            rows.append((f"  {change['t']:.2f} s {change['who']}", change["reason"]))
     for found in s.get("stragglers", []):
         what = f"{found['role']} {found['id']}: {found['metric']} ×{found['ratio']} of its peers"
         if found.get("persistent"):

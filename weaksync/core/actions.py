@@ -35,7 +35,8 @@ class Apply:
     `contributors` are (worker, base version, weight) in arrival order; `step` is the largest worker step
     among them (drives the LR schedule); `by_deadline` tells the quorum was cut short by the push deadline;
     `staleness` is the moving average of the staleness of the gradients this server accepted (drives the
-    momentum correction, see training/optim.py).
+    momentum correction, see training/optim.py); `quorum` is the k in force when the round closed (the LR
+    rule scales by contributors / quorum; None: the policy's k).
     """
 
     block: int
@@ -44,6 +45,7 @@ class Apply:
     step: int
     by_deadline: bool
     staleness: float = 0.0
+    quorum: int | None = None
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-MODES = ("bsp", "backup", "partial-pull", "partial", "ssp", "async")
+MODES = ("auto", "bsp", "backup", "partial-pull", "partial", "ssp", "async")
 Weighting = Literal["none", "inverse"]
 GRACE_MODES = ("backup", "partial-pull", "partial")  # ssp and async apply every gradient on arrival by design
 DEFAULT_GRACE = 0.5
@@ -30,6 +30,9 @@ class SyncPolicy:
     fold_repeats: a push from a worker that already contributed to the block's open round (it stepped again
       before the block advanced) is added to its contribution, so the update averages every minibatch it
       holds. False: the original rule, such pushes are dropped as `duplicate`.
+    auto: k and b are chosen online (core/auto.py): they start at N and B (bsp) and move within
+      [k_min, N] and [b_min, B] when the measured arrival times say a smaller quorum makes more progress
+      per second; τ follows k (`auto.staleness_bound`), and `tau` is its value at the start.
     grace: the quorums k and b are minimums. Once they are met, the server waits a little longer for the
       remaining live workers' gradients, and the worker for the remaining blocks, when these usually come
       that soon: at most `grace` × the typical round period (server) or compute time (worker). When nothing
@@ -51,6 +54,9 @@ class SyncPolicy:
     weighting: Weighting = "none"
     fold_repeats: bool = True
     grace: float | None = None
+    auto: bool = False
+    k_min: int = 1
+    b_min: int = 1
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= self.num_workers:
@@ -65,6 +71,10 @@ class SyncPolicy:
                 raise ValueError(f"{name}={value} must be a positive number of seconds")
         if self.grace is not None and not 0 < self.grace <= 1:
             raise ValueError(f"grace={self.grace} must be a fraction of a step in (0, 1], or none")
+        if self.auto and not (1 <= self.k_min <= self.num_workers and 1 <= self.b_min <= self.num_blocks):
+            raise ValueError(f"auto bounds k_min={self.k_min}, b_min={self.b_min} must be within the counts")
+        if self.auto and (self.tau is None or self.tau < 1):
+            raise ValueError("auto needs tau >= 1: with b < B a gradient computed on a stale block must be accepted")
         if self.ssp_slack is not None and self.ssp_slack < 0:
             raise ValueError(f"ssp_slack={self.ssp_slack} must be >= 0")
         if self.ssp_slack is not None and self.k > 1:
@@ -80,7 +90,12 @@ class SyncPolicy:
 
     def accepts(self, block_version: int, base_version: int) -> bool:
         """A contribution computed from `base_version` may update a block now at `block_version`."""
-        return self.tau is None or block_version - base_version <= self.tau
+        return within_staleness(self.tau, block_version, base_version)
+
+
+def within_staleness(tau: int | None, block_version: int, base_version: int) -> bool:
+    """The staleness rule, for a bound that may change during a run (auto): v - u <= τ, or no bound."""
+    return tau is None or block_version - base_version <= tau
 
 
 def resolve_count(value: int | float, total: int, name: str) -> int:
@@ -120,6 +135,7 @@ def make_policy(
     backup_k = max(1, n - backups)
     pull_b = max(1, math.ceil(pull_fraction * nb - 1e-9))
     presets: dict[str, dict] = {
+        "auto": dict(k=n, b=nb, tau=1, auto=True, k_min=1, b_min=1),
         "bsp": dict(k=n, b=nb, tau=0),
         "backup": dict(k=backup_k, b=nb, tau=0),
         "partial-pull": dict(k=n, b=pull_b, tau=1),
@@ -128,6 +144,12 @@ def make_policy(
         "async": dict(k=1, b=nb, tau=None, immediate_pull=True, wait_for_pull=False),
     }
     preset = presets[mode]
+    if mode == "auto":  # explicit k and b are the lowest quorums auto may choose
+        if k is not None:
+            preset["k_min"] = resolve_count(k, n, "k")
+        if b is not None:
+            preset["b_min"] = resolve_count(b, nb, "b")
+        k = b = None
     if k is not None:
         preset["k"] = resolve_count(k, n, "k")
     if b is not None:

@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .actions import Accept, Apply, Drop, Send, ServerAction
-from .policy import GRACE_HISTORY, SyncPolicy
+from .auto import Choice, QuorumTuner, staleness_bound
+from .policy import GRACE_HISTORY, SyncPolicy, within_staleness
 
 PERIOD_SMOOTHING = 0.2  # weight of the newest round period in its moving average
 STALENESS_SMOOTHING = 0.02  # weight of the newest accepted gradient's staleness in its moving average
@@ -57,6 +58,16 @@ class ServerCore:
         self.staleness = 0.0  # moving average of version - base over accepted gradients
         self.period: float | None = None  # moving average of the time between two updates of a block
         self.late_after_quorum: deque[float] = deque(maxlen=GRACE_HISTORY)  # seconds, for the grace rule
+        self.k = policy.k  # the push quorum in force (auto changes it) ...
+        self.tau = policy.tau  # ... and with it the staleness bound
+        n = policy.num_workers
+        self.tuner = QuorumTuner("k", n, policy.k_min, n, start=policy.k) if policy.auto else None
+        self.clock_block = min(self.blocks, default=0)  # auto measures rounds on one block: they move together
+
+    @property
+    def choices(self) -> list[Choice]:
+        """Every change of k so far (auto), with the figures that decided it."""
+        return self.tuner.choices if self.tuner else []
 
     # -- queries -------------------------------------------------------------------------------------
 
@@ -68,7 +79,7 @@ class ServerCore:
         already did), so a departed worker never stalls the rest and an early finisher never cuts a
         round short."""
         state = self.blocks[block]
-        return max(1, min(self.policy.k, len(self.live | state.contributors.keys())))
+        return max(1, min(self.k, len(self.live | state.contributors.keys())))
 
     def steps_done(self) -> int:
         """Steps completed by all workers together, as far as this server has heard (the run's budget
@@ -116,6 +127,8 @@ class ServerCore:
             actions: list[ServerAction] = [self._drop(worker, block, base, version, reason)]
             if reason in ("stale", "duplicate", "malformed"):
                 actions += self._advance_clock(worker, step + 1)  # unused, but the worker did finish the step
+            if reason == "stale":
+                actions += self._observe(worker, block, base, now)
             return actions
         assert state is not None
         staleness = version - base
@@ -134,6 +147,7 @@ class ServerCore:
             state.contributors[worker] = (base, weight, step)
             actions += self._close_if_due(block, state, now)
         actions += self._advance_clock(worker, step + 1)
+        actions += self._observe(worker, block, base, now)
         return actions
 
     def on_pull(self, worker: int, block: int, want_gt: int, clock: int, now: float) -> list[ServerAction]:
@@ -168,6 +182,8 @@ class ServerCore:
             return []
         self.live.discard(worker)
         actions: list[ServerAction] = []
+        if self.tuner is not None:
+            actions += self._retune(self.tuner.set_members(self.live, now), now)
         for block, state in self.blocks.items():
             state.parked.pop(worker, None)
             if state.late is not None:
@@ -182,6 +198,8 @@ class ServerCore:
         """A (re)started worker takes part again from the slowest clock, so SSP does not wait for it."""
         if 0 <= worker < self.policy.num_workers and worker not in self.live:
             self.live.add(worker)
+            if self.tuner is not None:
+                self.tuner.set_members(self.live, None)
             self.clocks[worker] = min((self.clocks[w] for w in self.live if w != worker), default=0)
 
     # -- rules ---------------------------------------------------------------------------------------
@@ -199,7 +217,7 @@ class ServerCore:
             return "left"
         if base > state.version:
             return "future"
-        if not self.policy.accepts(state.version, base):
+        if not within_staleness(self.tau, state.version, base):
             return "stale"
         if worker in state.contributors and not self.policy.fold_repeats:
             return "duplicate"
@@ -216,7 +234,7 @@ class ServerCore:
         have, can = len(state.contributors), len(self.live | state.contributors.keys())
         if have >= can:
             return self._apply(block, state, now=now)
-        if have < max(1, min(self.policy.k, can)):  # quorum(block), without a second set union
+        if have < max(1, min(self.k, can)):  # quorum(block), without a second set union
             return []
         if state.quorum_time is None:
             state.quorum_time = now
@@ -238,14 +256,36 @@ class ServerCore:
             self.late_after_quorum.append(now - watch.quorum_time)
             state.late = None
 
+    def _observe(self, worker: int, block: int, base: int, now: float) -> list[ServerAction]:
+        """auto: a gradient on version `base` of the clock block arrived (after this push's rules ran, so the
+        push was judged by the k and τ in force when it came)."""
+        if self.tuner is None or block != self.clock_block:
+            return []
+        return self._retune(self.tuner.arrive(worker, base, now), now)
+
+    def _retune(self, choice: Choice | None, now: float | None) -> list[ServerAction]:
+        """auto: the tuner moved k (core/auto.py); τ follows, and rounds the new k says are complete close."""
+        if choice is None:
+            return []
+        self.k = choice.value
+        self.tau = staleness_bound(self.policy.num_workers, self.k)
+        actions: list[ServerAction] = []
+        for j, state in self.blocks.items():
+            if state.contributors and len(state.contributors) >= self.quorum(j):
+                actions += self._apply(j, state, now=now)
+        return actions
+
     def _apply(
         self, block: int, state: _BlockState, by_deadline: bool = False, now: float | None = None
     ) -> list[ServerAction]:
         contributors = tuple((w, base, weight) for w, (base, weight, _) in state.contributors.items())
         step = max(s for _, _, s in state.contributors.values())
+        quorum = self.k if self.tuner is not None else None  # the LR needs it only when k moves
         if now is not None:
             self._record_round(state, now)
         state.version += 1
+        if self.tuner is not None and now is not None and block == self.clock_block:
+            self.tuner.start_round(state.version, now)  # how long until each worker pushes on this version
         self.gradients_applied += state.gradients
         state.gradients = 0
         state.contributors = {}
@@ -254,7 +294,7 @@ class ServerCore:
         state.grace_deadline = None
         self.updates += 1
         actions: list[ServerAction] = [
-            Apply(block, state.version, contributors, step, by_deadline, round(self.staleness, 6))
+            Apply(block, state.version, contributors, step, by_deadline, round(self.staleness, 6), quorum)
         ]
         actions += self._answer_parked(block, state)
         return actions

@@ -11,6 +11,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from .actions import PullRequest, PushRequest
+from .auto import Choice, QuorumTuner
 from .policy import GRACE_HISTORY, SyncPolicy
 
 COMPUTE_SMOOTHING = 0.2  # weight of the newest step's compute time in its moving average
@@ -46,6 +47,13 @@ class WorkerCore:
         self.quorum_at: float | None = None  # when this wait had its b-th fresh block
         self.late_watch: tuple[float, set[int]] | None = None  # (quorum time, blocks still to come)
         self.late_after_quorum: list[deque[float]] = [deque(maxlen=GRACE_HISTORY) for _ in range(num_blocks)]
+        self.b = policy.b  # the pull quorum in force (auto changes it)
+        self.tuner = QuorumTuner("b", num_blocks, policy.b_min, num_blocks, start=policy.b) if policy.auto else None
+
+    @property
+    def choices(self) -> list[Choice]:
+        """Every change of b so far (auto), with the figures that decided it."""
+        return self.tuner.choices if self.tuner else []
 
     def start(self, now: float) -> list[PullRequest]:
         """Pull every block in full: all workers start from the servers' θ₀."""
@@ -65,8 +73,10 @@ class WorkerCore:
         self.versions[block] = version
         first = block not in self.refreshed
         self.refreshed.add(block)
+        if self.tuner is not None and now is not None:  # the block is fresh for every step that ended before
+            self._retune(self.tuner.arrive(block, self.step, now, overhead=self.compute or 0.0))
         if now is not None and first:
-            if len(self.refreshed) == self.policy.b and self.quorum_at is None:
+            if len(self.refreshed) == self.b and self.quorum_at is None:
                 self.quorum_at = now
             self._note_late(block, now)
         return True
@@ -100,7 +110,7 @@ class WorkerCore:
             return True
         if not self.policy.wait_for_pull:  # async: the answers, fresh or not, are enough
             return not self.outstanding
-        if len(self.refreshed) >= self.policy.b:
+        if len(self.refreshed) >= self.b:
             grace_end = self._grace_end()
             return grace_end is None or now >= grace_end
         deadline = self._pull_deadline()
@@ -142,8 +152,14 @@ class WorkerCore:
         if self.began_at is not None:
             took = now - self.began_at
             self.compute = took if self.compute is None else self.compute + COMPUTE_SMOOTHING * (took - self.compute)
+        if self.tuner is not None:  # how long until each block is fresh again after this step
+            self.tuner.start_round(self.step, now)
         pushes = [PushRequest(j, base, plan.step) for j, base in enumerate(plan.versions)]
         return pushes, self._pulls()
+
+    def _retune(self, choice: Choice | None) -> None:
+        if choice is not None:
+            self.b = choice.value
 
     def _could_start(self) -> float:
         """When this wait had its b fresh blocks, or began if they came while the last step computed."""

@@ -63,6 +63,18 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "run"
 
 
+def choice_lines(runs: list[Run], limit: int = 12) -> list[str]:
+    """auto's changes of k and b per run, with the reason measured at the time (summary.json `quorums`)."""
+    lines = []
+    for r in runs:
+        changes = r.summary.get("quorums", {}).get("changes", [])
+        for c in changes[:limit]:
+            lines.append(f"{r.name}: {c['t']:.2f} s, {c['who']}: {c['reason']}")
+        if len(changes) > limit:
+            lines.append(f"{r.name}: {len(changes) - limit} more changes in summary.json")
+    return lines
+
+
 def build_report(run_dirs: list[Path], out_dir: Path, target: float | None = None) -> Path:
     """Write report.md, report.html and the PNGs under `out_dir`; return the HTML path.
 
@@ -80,6 +92,7 @@ def build_report(run_dirs: list[Path], out_dir: Path, target: float | None = Non
         "accuracy": plots.accuracy_plot(pairs, img_dir / "accuracy.png", target),
         "staleness": plots.staleness_plot(pairs, img_dir / "staleness.png"),
         "step_time": plots.step_time_plot([(r.name, r.summary, r.steps) for r in runs], img_dir / "step_time.png"),
+        "quorums": plots.quorum_plot([(r.name, r.summary, r.steps) for r in runs], img_dir / "quorums.png"),
     }
     timelines = {}
     for i, r in enumerate(runs):
@@ -95,10 +108,14 @@ def build_report(run_dirs: list[Path], out_dir: Path, target: float | None = Non
     md += ["## Test accuracy over time", "", f"![test accuracy vs time]({rel(figures['accuracy'])})", ""]
     md += ["## Staleness", "", f"![staleness histogram]({rel(figures['staleness'])})", ""]
     md += ["## Step time per worker", "", f"![step time per worker]({rel(figures['step_time'])})", ""]
+    md += ["## Quorums k and b over the run", "", f"![k, b and step time]({rel(figures['quorums'])})", ""]
+    md += [f"- {line}" for line in choice_lines(runs)]
     body = [f"<h1>{escape(title)}</h1>", "<h2>Comparison</h2>", html.table_html(comparison)]
     body += ["<h2>Test accuracy over time</h2>", html.image_html(figures["accuracy"], "test accuracy vs time")]
     body += ["<h2>Staleness</h2>", html.image_html(figures["staleness"], "staleness histogram")]
     body += ["<h2>Step time per worker</h2>", html.image_html(figures["step_time"], "step time per worker")]
+    body += ["<h2>Quorums k and b over the run</h2>", html.image_html(figures["quorums"], "k, b and step time")]
+    body += [f"<ul>{''.join(f'<li>{escape(line)}</li>' for line in choice_lines(runs))}</ul>"]
 
     for r in runs:
         s = r.summary

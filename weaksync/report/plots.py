@@ -204,3 +204,48 @@ def bench_ratio_plot(table: list[dict[str, Any]], path: Path, target: float, ref
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8, ncol=2)
     return _save(fig, path)
+
+
+def quorum_plot(runs: list[tuple[str, dict[str, Any], Steps]], path: Path) -> Path:
+    """k (per server), b (mean over workers) and step time over the run, one panel per run: what `auto` chose
+    and what it bought. Static modes show flat quorums."""
+    cols = min(len(runs), 3) or 1
+    rows = (len(runs) + cols - 1) // cols or 1
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(runs) :]:
+        ax.set_visible(False)
+    for ax, (name, summary, steps) in zip(axes.flat, runs):
+        ax.set_title(f"{name} ({summary.get('mode', '?')})")
+        events = sorted((e for evs in steps.values() for e in evs), key=lambda e: e["t"])
+        if not events:
+            _no_data(ax, "steps")
+            continue
+        start, end = events[0]["t"], max(e["t_push"] for e in events) - events[0]["t"]
+        changes = summary.get("quorums", {}).get("changes", [])
+        servers = sorted(summary.get("quorums", {}).get("k", {}) or {"0": summary.get("k")})
+        for i, s in enumerate(servers):
+            times, values = [0.0], [summary.get("k")]
+            for c in changes:
+                if c["who"] == f"server-{s}" and c["t"] is not None:
+                    times.append(c["t"])
+                    values.append(c["value"])
+            times.append(end)
+            values.append(values[-1])
+            style = ("-", "--", ":", "-.")[i % 4]
+            ax.step(times, values, where="post", label=f"k (server {s})", linewidth=1.5, linestyle=style)
+        b_times = [e["t"] - start for e in events]
+        b_values = [e.get("b", summary.get("b")) for e in events]
+        ax.plot(b_times, b_values, ".", markersize=2, alpha=0.4, color="black", label="b (each step)")
+        ax.set(xlabel="time since the first step (s)", ylabel="quorum")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        twin = ax.twinx()
+        for _, evs in sorted(steps.items()):
+            t = np.array([e["t"] for e in evs])
+            if len(t) > 1:
+                twin.plot(t[1:] - start, np.diff(t) * 1000, linewidth=0.6, alpha=0.5, color=COLORS["wait"])
+        twin.set_ylabel("step time (ms), per worker")
+        twin.set_yscale("log")
+        ax.legend(loc="upper right", fontsize=7)
+    fig.suptitle("Quorums k and b, and step time, over the run")
+    return _save(fig, path)

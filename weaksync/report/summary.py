@@ -45,12 +45,29 @@ def _gradient_use(workers: list[dict[str, Any]], servers: list[dict[str, Any]]) 
     }
 
 
+def _quorums(
+    choices: list[dict[str, Any]], servers: list[dict[str, Any]], workers: list[dict[str, Any]], start: float | None
+) -> dict[str, Any]:
+    """k per server and b per worker at the end, and auto's timeline of changes with their reasons."""
+    timeline = []
+    for e in choices:
+        who = f"server-{e['s']}" if "s" in e else f"worker-{e['w']}"
+        fields = {k: e[k] for k in ("name", "value", "previous", "rate_gain", "wait_s", "previous_wait_s", "reason")}
+        timeline.append({"t": round(e["t"] - start, 3) if start is not None else None, "who": who, **fields})
+    return {
+        "k": {str(s["id"]): s.get("k") for s in servers},
+        "b": {str(w["id"]): w.get("b") for w in workers},
+        "changes": timeline,
+    }
+
+
 def build_summary(run_dir: Path, target_accuracy: float) -> dict[str, Any]:
     """Everything a user asks after a run: how fast, how accurate, what was dropped, what was sent."""
     run_dir = Path(run_dir)
     meta = json.loads((run_dir / "meta.json").read_text()) if (run_dir / "meta.json").exists() else {}
-    steps = [e for e in _events(run_dir, "worker-*.jsonl") if e["ev"] == "step"]
-    updates = [e for e in _events(run_dir, "server-*.jsonl") if e["ev"] == "update"]
+    worker_events, server_events = _events(run_dir, "worker-*.jsonl"), _events(run_dir, "server-*.jsonl")
+    steps = [e for e in worker_events if e["ev"] == "step"]
+    updates = [e for e in server_events if e["ev"] == "update"]
     evals = sorted((e for e in _events(run_dir, "evaluator.jsonl") if e["ev"] == "eval"), key=lambda e: e["t"])
     servers, workers = _procs(run_dir, "server"), _procs(run_dir, "worker")
 
@@ -102,6 +119,7 @@ def build_summary(run_dir: Path, target_accuracy: float) -> dict[str, Any]:
                 {"push_delay_p50": link["push_delay_p50"], "push_delay_p95": link["push_delay_p95"]}
             )
 
+    choices = sorted((e for e in worker_events + server_events if e["ev"] == "choice"), key=lambda e: e["t"])
     reached = next((e for e in evals if e["accuracy"] >= target_accuracy), None)
     num_steps = len(steps)
     summary = {
@@ -126,6 +144,7 @@ def build_summary(run_dir: Path, target_accuracy: float) -> dict[str, Any]:
         },
         "gradients": _gradient_use(workers, servers),
         "staleness": {str(k): v for k, v in sorted(staleness.items())},
+        "quorums": _quorums(choices, servers, workers, start),
         "blocks_per_step": {
             "fresh_mean": float(np.mean([e["fresh"] for e in steps])) if steps else None,
             "stale_mean": float(np.mean([len(e["stale"]) for e in steps])) if steps else None,

@@ -14,7 +14,7 @@ from ..core.actions import Accept, Apply
 from ..core.layout import Block, BlockLayout
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
-LRFunction = Callable[[int, int], float]  # (worker step, number of contributors) -> lr
+LRFunction = Callable[[int, int, int | None], float]  # (worker step, contributors, quorum in force) -> lr
 MomentumFunction = Callable[[float], float]  # staleness of accepted gradients -> SGD momentum
 
 
@@ -70,7 +70,8 @@ class BlockStore:
             param.data = values[:n]  # the optimizer keys its state by the Parameter object, not its storage
             param.grad = acc[:n]
             for group in opt.param_groups:
-                group["lr"] = self.lr_at(action.step if progress is None else progress, len(action.contributors))
+                step = action.step if progress is None else progress
+                group["lr"] = self.lr_at(step, len(action.contributors), action.quorum)
                 if self.momentum_at is not None and group.get("momentum"):
                     group["momentum"] = self.momentum_at(action.staleness)
             opt.step()

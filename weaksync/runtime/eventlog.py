@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,13 @@ class EventLog:
     def close(self) -> None:
         if not self._file.closed:
             self._file.close()
+
+
+def log_new_choices(log: EventLog, choices: Sequence[Any], logged: int, **who: Any) -> int:
+    """Write auto's quorum changes made since the first `logged` (core/auto.py Choice); returns the new count."""
+    for choice in choices[logged:]:
+        log.write("choice", **who, **choice.as_dict())
+    return len(choices)
 
 
 def read_events(path: Path) -> Iterator[dict[str, Any]]:

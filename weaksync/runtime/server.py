@@ -23,7 +23,7 @@ from ..training.optim import lr_function, momentum_function, optimizer_factory
 from ..training.workload import seed_model_init
 from ..transport.messages import BadMessage, Message, decode, encode, payload_problem
 from ..transport.sockets import bind_router, inbox_hwm
-from .eventlog import EventLog
+from .eventlog import EventLog, log_new_choices
 from .flat import block_values, model_layout
 from .outbox import Outbox
 from .resources import memory_figures, return_large_frees_to_os, trim_heap, write_json
@@ -78,6 +78,8 @@ class Server:
         self.pull_msgs = 0
         self.push_msgs = 0
         self.stop_requested = False
+        self.logged_choices = 0
+        self.first_push: float | None = None  # the clock of time-windowed straggler rules starts here
         self.kv: Store | None = None  # the run's TCPStore, once connected
         rules, seed = cfg.all_stragglers(), cfg.run.seed + 1  # +1: the other direction of each link
         self.reply_delay = delayer_for(rules, "server", spec.rank, seed)
@@ -148,6 +150,8 @@ class Server:
             self.push_bytes += msg.payload.nbytes if msg.payload is not None else 0
             block = self.blockstore.blocks.get(msg["j"])
             problem = payload_problem(msg.payload, block.size) if block else None
+            if self.first_push is None:
+                self.first_push = now
             actions = self.core.on_push(msg["w"], msg["j"], msg["base"], msg["step"], now, problem)
             if problem:
                 self.log.write("drop", s=self.spec.rank, w=msg["w"], j=msg["j"], reason="malformed", detail=problem)
@@ -204,6 +208,8 @@ class Server:
         sock.send_multipart([identity, *encode("welcome", s=self.spec.rank, digest=self.layout.digest)])
 
     def perform(self, sock: zmq.Socket, actions: list, msg: Message | None = None) -> None:
+        if len(self.core.choices) > self.logged_choices:
+            self.logged_choices = log_new_choices(self.log, self.core.choices, self.logged_choices, s=self.spec.rank)
         for action in actions:
             if isinstance(action, Accept):
                 self.blockstore.accept(action, msg.payload)
@@ -218,6 +224,7 @@ class Server:
                     v=action.version,
                     step=action.step,
                     by_deadline=action.by_deadline,
+                    k=self.core.k if action.quorum is None else action.quorum,
                     contributors=[[w, u] for w, u, _ in action.contributors],
                 )
             elif isinstance(action, Drop) and action.reason != "malformed":
@@ -245,10 +252,11 @@ class Server:
         frames = [identity, *encode("block", payload, j=block, v=version)]
         delay = 0.0
         if worker is not None:
+            elapsed = 0.0 if self.first_push is None else time.monotonic() - self.first_push
             if self.reply_delay.active:
-                delay += self.reply_delay.sample(version)
+                delay += self.reply_delay.sample(version, elapsed=elapsed)
             if self.link_delays[worker].active:
-                delay += self.link_delays[worker].sample(version, nbytes=payload.nbytes)
+                delay += self.link_delays[worker].sample(version, nbytes=payload.nbytes, elapsed=elapsed)
         if delay > 0:
             self.reply_delays.append(delay)
             self.outbox.put(time.monotonic() + delay, identity, sock, frames)
@@ -284,6 +292,7 @@ class Server:
             {
                 "updates": self.core.updates,
                 "drops": dict(self.core.drops),
+                "k": self.core.k,
                 "t": time.time(),
                 "accepted_by_worker": dict(self.core.accepted),
                 "dropped_by_worker": dict(self.core.dropped),
@@ -299,6 +308,7 @@ class Server:
             "versions": {j: self.core.version(j) for j in self.blockstore.blocks},
             "updates": self.core.updates,
             "folded_pushes": self.core.folded,
+            "k": self.core.k,
             "gradients_applied": self.core.gradients_applied,
             "accepted": sum(self.core.accepted.values()),
             "accepted_by_worker": dict(self.core.accepted),

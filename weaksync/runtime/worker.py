@@ -23,7 +23,7 @@ from ..training.data import BatchStream, shard_indices
 from ..training.workload import seed_model_init
 from ..transport.messages import BadMessage, decode, encode
 from ..transport.sockets import connect_dealer
-from .eventlog import EventLog
+from .eventlog import EventLog, log_new_choices
 from .flat import FlatModel, model_layout
 from .outbox import Outbox
 from .resources import memory_figures, write_json
@@ -89,6 +89,8 @@ class Worker:
         self.outbox = Outbox()
         self.done = False  # a server said the run's steps are done
         self.injected_total = 0.0
+        self.logged_choices = 0
+        self.first_step: float | None = None  # the clock of time-windowed straggler rules starts here
         self.links = [LinkStats() for _ in range(servers)]
         self.pull_sent: dict[int, float] = {}  # block -> when its outstanding pull left
         self.kv: Store | None = None  # set once connected; progress goes there for live display
@@ -155,6 +157,8 @@ class Worker:
 
     def step(self, waited: float) -> None:
         t0 = time.time()
+        if self.first_step is None:
+            self.first_step = time.monotonic()
         plan = self.core.begin_step(time.monotonic())
         x, y = next(self.batches)
         self.model.train()
@@ -167,12 +171,18 @@ class Worker:
             )
         loss.backward()
         vector = self.flat.push_vector()
-        injected = self.compute_delay.sample(plan.step, measured=time.time() - t0) if self.compute_delay.active else 0.0
+        injected = (
+            self.compute_delay.sample(plan.step, measured=time.time() - t0, elapsed=self.elapsed())
+            if self.compute_delay.active
+            else 0.0
+        )
         if injected > 0:
             self.injected_total += injected
             time.sleep(injected)  # a synthetic straggler: compute took this much longer
         t1 = time.time()
         pushes, pulls = self.core.end_step(time.monotonic())
+        if len(self.core.choices) > self.logged_choices:
+            self.logged_choices = log_new_choices(self.log, self.core.choices, self.logged_choices, w=self.id)
         push_bytes = 0
         for p in pushes:
             block = self.layout.blocks[p.block]
@@ -198,6 +208,7 @@ class Worker:
             wait=waited,
             loss=loss.item(),
             fresh=len(plan.fresh),
+            b=self.core.b,
             stale=stale,
             versions=list(plan.versions),
             push_bytes=push_bytes,
@@ -206,11 +217,14 @@ class Worker:
             epoch=self.batches.epoch,
         )
 
+    def elapsed(self) -> float:
+        return 0.0 if self.first_step is None else time.monotonic() - self.first_step
+
     def send(self, server: int, frames: list, nbytes: int, step: int) -> None:
         """Send now, or through the outbox when an injected link delay applies to this server's link."""
         link = self.link_delays[server]
         if link.active:
-            delay = link.sample(step, nbytes=nbytes)
+            delay = link.sample(step, nbytes=nbytes, elapsed=self.elapsed())
             self.outbox.put(time.monotonic() + delay, server, self.socks[server], frames)
         else:
             self.socks[server].send_multipart(frames, copy=False)
@@ -275,6 +289,7 @@ class Worker:
                     "t": time.time(),
                     "compute": float(np.mean(recent)) if recent else None,
                     "stale_blocks": float(np.mean(self.recent_stale)) if self.recent_stale else 0.0,
+                    "b": self.core.b,
                 },
             )
 
@@ -295,6 +310,7 @@ class Worker:
             "installed": self.traffic.installed,
             "gradients_computed": self.core.step * self.layout.num_blocks,
             "ignored_replies": self.core.ignored_replies,
+            "b": self.core.b,
             "bad_messages": self.traffic.bad,
             **memory_figures(),
             "links": {str(s): link.summary() for s, link in enumerate(self.links)},

@@ -328,6 +328,10 @@ class StragglerRule(BaseModel):
     bandwidth: float | None = Field(None, gt=0, description="link only, bytes/s: adds nbytes / bandwidth")
     start_step: int = Field(0, ge=0, description="first step the rule applies to")
     end_step: int | None = Field(None, description="first step it no longer applies to (default: never ends)")
+    start_s: float = Field(
+        0.0, ge=0, description="seconds into the run it starts: since a worker's first step, a server's first push"
+    )
+    end_s: float | None = Field(None, description="seconds into the run it ends (default: never)")
 
     @model_validator(mode="after")
     def _consistent(self) -> StragglerRule:
@@ -345,6 +349,8 @@ class StragglerRule(BaseModel):
             )
         if self.end_step is not None and self.end_step <= self.start_step:
             raise ValueError(f"end_step={self.end_step} must exceed start_step={self.start_step} (or be omitted)")
+        if self.end_s is not None and self.end_s <= self.start_s:
+            raise ValueError(f"end_s={self.end_s} must exceed start_s={self.start_s} (or be omitted)")
         for name in ("ids", "servers"):
             if getattr(self, name) == []:
                 raise ValueError(f"{name} is empty: list at least one id or use 'all'")
@@ -358,8 +364,10 @@ class StragglerRule(BaseModel):
             return peer is not None and peer in self.servers
         return True
 
-    def active_at(self, step: int) -> bool:
-        return self.start_step <= step and (self.end_step is None or step < self.end_step)
+    def active_at(self, step: int, elapsed: float = 0.0) -> bool:
+        """Inside both windows: steps [start_step, end_step) and seconds [start_s, end_s) into the run."""
+        in_steps = self.start_step <= step and (self.end_step is None or step < self.end_step)
+        return in_steps and self.start_s <= elapsed and (self.end_s is None or elapsed < self.end_s)
 
 
 class Delayer:
@@ -373,10 +381,11 @@ class Delayer:
         """False when no rule applies at all: the runtime can skip timing and sampling."""
         return bool(self.parts)
 
-    def sample(self, step: int, measured: float = 0.0, nbytes: int = 0) -> float:
+    def sample(self, step: int, measured: float = 0.0, nbytes: int = 0, elapsed: float = 0.0) -> float:
+        """Extra seconds at `step`, `elapsed` seconds into the run (the caller's clock: this module reads none)."""
         total = 0.0
         for rule, sampler in self.parts:
-            if not rule.active_at(step):
+            if not rule.active_at(step, elapsed):
                 continue
             if sampler is not None:
                 total += sampler.sample(step, measured)

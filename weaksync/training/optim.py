@@ -70,8 +70,15 @@ def corrected_momentum(momentum: float, staleness: float) -> float:
 
 
 def _update_lr(
-    cfg: OptimSection, total_steps: int, num_workers: int, quorum: int, step: int, contributors: int
+    cfg: OptimSection,
+    total_steps: int,
+    num_workers: int,
+    quorum: int,
+    step: int,
+    contributors: int,
+    in_force: int | None = None,
 ) -> float:
+    """`in_force`: the quorum of this update when it differs from the run's (auto); None: `quorum`."""
     lr = lr_at(
         step,
         base_lr=cfg.lr,
@@ -81,4 +88,4 @@ def _update_lr(
         step_size=cfg.step_size,
         gamma=cfg.gamma,
     )
-    return lr * lr_scale(cfg.lr_scaling, contributors, num_workers, quorum)
+    return lr * lr_scale(cfg.lr_scaling, contributors, num_workers, quorum if in_force is None else in_force)
