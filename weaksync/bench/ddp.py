@@ -33,6 +33,7 @@ from ..config import Config, ConfigError, dump_config
 from ..runtime.evaluator import FINAL_MODEL  # rank 0's model after the last step, as weaksync's evaluator saves it
 from ..runtime.eventlog import EventLog
 from ..runtime.launcher import (
+    INTERRUPTED,
     PRELOAD,
     RunResult,
     describe_exit,
@@ -283,7 +284,7 @@ def run_ddp(config: Config, workload: Workload | None = None, poll_interval: flo
                 throttle.set(name, procs[name].pid, fraction)
         failure = _watch(procs, run_dir, poll_interval)
     except KeyboardInterrupt:
-        failure = "interrupted by Ctrl-C"
+        failure = INTERRUPTED
     finally:
         killed = stop_processes(procs, config.timeouts.shutdown)
         if throttle is not None:

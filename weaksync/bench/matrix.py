@@ -167,6 +167,7 @@ def run_matrix(
     on_cell: Callable[[Cell, dict[str, Any] | None, str | None], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every cell (a failed cell is recorded, not fatal), write results.json and results.md."""
+    from ..runtime.launcher import RunInterrupted
     overrides = overrides or {}
     for cell in plan(scenarios, modes, 1):  # validate every cell's config before the first run
         cell_config(cell, out_dir / "_check", overrides)
@@ -176,6 +177,8 @@ def run_matrix(
     for cell in plan(scenarios, modes, repeats):
         try:
             summary = run_cell(cell, out_dir, overrides).summary
+        except RunInterrupted:
+            raise  # Ctrl-C stops the whole matrix, not only the run in progress
         except Exception as exc:  # one broken cell must not lose the others' results
             failures[cell.name] = f"{type(exc).__name__}: {exc}"
             if on_cell:

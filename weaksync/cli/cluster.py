@@ -52,7 +52,7 @@ def cluster_command(
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML config; flags override it"),
     workers: int | None = typer.Option(None, help="workers N, one per host 1..N (default: the config's)"),
     servers: int | None = typer.Option(None, help="servers S, all on host 0 (default: the config's)"),
-    mode: str | None = typer.Option(None, help="bsp | backup | partial-pull | partial | ssp | async"),
+    mode: str | None = typer.Option(None, help="auto | bsp | backup | partial-pull | partial | ssp | async"),
     steps: int | None = typer.Option(None, help="steps per worker on average (the run does workers × steps)"),
     rate: str | None = typer.Option(None, help="rate of every host's link, e.g. 1gbit (default: no limit)"),
     limit: list[str] = typer.Option(

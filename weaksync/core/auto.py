@@ -23,9 +23,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 AUTO_WINDOW = 32  # closed rounds the estimate averages over
-AUTO_MIN_SAMPLES = 4  # closed rounds (since the last change) needed before a clear gain is acted on ...
-AUTO_CLEAR_GAIN = 1.5  # ... a gain at least this large; a smaller one must hold over AUTO_SURE_SAMPLES rounds
-AUTO_SURE_SAMPLES = 12  # (rare large delays, such as spikes, need that many rounds to show in the mean)
+AUTO_MIN_SAMPLES = 4  # closed rounds (since the last change) before a smaller quorum may be chosen ...
+AUTO_SURE_SAMPLES = 12  # ... and before a larger one: a short window under-samples rare large delays (spikes),
+# so it can make a tail look gone; it cannot make one appear
 AUTO_OPEN = 4  # rounds measured at once
 AUTO_CENSOR = 8.0  # a round stops waiting for its last parties after this × the current quorum's wait
 AUTO_MARGIN = 0.15  # a challenger's rate must exceed the current one by this fraction
@@ -103,7 +103,7 @@ class QuorumTuner:
         self.open: deque[_Round] = deque()
         self.rounds: deque[list[float]] = deque(maxlen=AUTO_WINDOW)  # sorted offsets of closed rounds
         self.choices: list[Choice] = []
-        self._leader: int | None = None
+        self._leader: int | None = None  # direction (+1 up, -1 down) of the rounds that pointed away from value
         self._lead = 0
 
     # -- observations ------------------------------------------------------------------------------------
@@ -170,10 +170,11 @@ class QuorumTuner:
         if best == current or rates[best] <= rates[current] * (1 + AUTO_MARGIN):
             self._leader, self._lead = None, 0
             return None
-        if rates[best] < rates[current] * AUTO_CLEAR_GAIN and len(self.rounds) < AUTO_SURE_SAMPLES:
-            return None
-        self._lead = self._lead + 1 if best == self._leader else 1
-        self._leader = best
+        if best > current and len(self.rounds) < AUTO_SURE_SAMPLES:
+            return None  # a few rounds without a late arrival do not show that the tail is gone
+        direction = 1 if best > current else -1
+        self._lead = self._lead + 1 if direction == self._leader else 1
+        self._leader = direction  # patience counts rounds that point the same way, whichever q is best in each
         if self._lead < AUTO_PATIENCE:
             return None
         choice = Choice(

@@ -49,6 +49,13 @@ class RunFailed(RuntimeError):
     """The run stopped early; the message says which process and why."""
 
 
+class RunInterrupted(RunFailed):
+    """The user stopped the run (Ctrl-C or SIGTERM): callers running several (bench) stop too."""
+
+
+INTERRUPTED = "interrupted by Ctrl-C"
+
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -172,7 +179,8 @@ def finish_run(run_dir: Path, config: Config, failure: str | None, killed: list[
         summary["failure"] = failure
         write_json(run_dir / "summary.json", summary)
         more = f"; killed after the {config.timeouts.shutdown:.0f}s grace: {', '.join(killed)}" if killed else ""
-        raise RunFailed(f"{failure}; all {processes} processes stopped{more}; logs in {run_dir}")
+        error = RunInterrupted if failure == INTERRUPTED else RunFailed
+        raise error(f"{failure}; all {processes} processes stopped{more}; logs in {run_dir}")
     return RunResult(run_dir, summary)
 
 
@@ -274,7 +282,7 @@ def run_local(
         cluster.start()
         failure = _watch(cluster, on_progress, poll_interval)
     except KeyboardInterrupt:
-        failure = "interrupted by Ctrl-C"
+        failure = INTERRUPTED
     finally:
         killed = cluster.stop_all()
         if cluster.throttle is not None:
