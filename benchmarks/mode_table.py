@@ -4,6 +4,7 @@ docs/results.md quotes these tables: medians of per-repeat ratios, so that machi
 cancels (each repeat ran every mode back to back).
 
     python benchmarks/mode_table.py runs/<bench> [--scenario none]
+    python benchmarks/mode_table.py runs/<bench> --versus-best auto   # auto against the best static mode
 """
 
 from __future__ import annotations
@@ -60,12 +61,61 @@ def table(runs: dict[tuple[str, str], dict[int, dict]], scenario: str) -> str:
     return "\n".join(rows)
 
 
+def _median_time(reps: dict[int, dict]) -> float:
+    times = [r["time_to_accuracy"] for r in reps.values()]
+    return statistics.median(t if t is not None else float("inf") for t in times)
+
+
+def _ratio(mine: dict[int, dict], ref: dict[int, dict]) -> str:
+    """Median over repeats of mine's time to target ÷ ref's in the same repeat."""
+    values = [
+        mine[i]["time_to_accuracy"] / ref[i]["time_to_accuracy"]
+        for i in mine
+        if i in ref and mine[i]["time_to_accuracy"] and ref[i]["time_to_accuracy"]
+    ]
+    return _fmt(statistics.median(values) if values else None)
+
+
+def versus_best(runs: dict[tuple[str, str], dict[int, dict]], mode: str = "auto") -> str:
+    """One row per scenario: `mode` against the best other mode (lowest median time to target) of the same run.
+
+    The ratio is the median over repeats of mode's time ÷ that best mode's time in the same repeat; a mode
+    that missed the target in a repeat counts as not reached (no ratio)."""
+    rows = [
+        f"| scenario | best other mode | its time (s) | {mode} time (s) | {mode} ÷ best (median of per-repeat) "
+        f"| {mode} ÷ bsp | {mode} final − best's final (pt) | {mode}'s final k / b |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for scenario in sorted({s for s, _ in runs}):
+        mine = runs.get((scenario, mode))
+        others = {m: r for (s, m), r in runs.items() if s == scenario and m != mode}
+        if not mine or not others:
+            continue
+
+        best = min(others, key=lambda m: _median_time(others[m]))
+
+        finals = statistics.median(r["final_accuracy"] for r in mine.values())
+        best_final = statistics.median(r["final_accuracy"] for r in others[best].values())
+        last = mine[max(mine)].get("quorums", {})
+        ks, bs = sorted(set((last.get("k") or {}).values())), sorted(set((last.get("b") or {}).values()))
+        rows.append(
+            f"| {scenario} | {best} | {_fmt(_median_time(others[best]))} | {_fmt(_median_time(mine))} "
+            f"| {_ratio(mine, others[best])} | {_ratio(mine, runs.get((scenario, 'bsp'), {}))} "
+            f"| {(finals - best_final) * 100:+.1f} | {'/'.join(map(str, ks))} / {'/'.join(map(str, bs))} |"
+        )
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--scenario", action="append", help="default: every scenario in the folder")
+    parser.add_argument("--versus-best", metavar="MODE", help="one row per scenario: MODE against the best other")
     args = parser.parse_args()
     runs = load(args.folder)
+    if args.versus_best:
+        print(versus_best(runs, args.versus_best))
+        return
     for scenario in args.scenario or sorted({s for s, _ in runs}):
         print(f"\n{scenario}:\n\n{table(runs, scenario)}")
 

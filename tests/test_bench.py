@@ -20,10 +20,12 @@ from weaksync.bench.matrix import (
 )
 
 
-def test_plan_interleaves_modes_within_each_repeat() -> None:
+def test_plan_interleaves_modes_within_each_repeat_and_turns_their_order() -> None:
     cells = plan(["none", "spikes"], ["bsp", "backup"], 2)
-    assert [c.name for c in cells[:4]] == ["none__bsp__0", "none__backup__0", "spikes__bsp__0", "spikes__backup__0"]
-    assert len(cells) == 8 and cells[-1] == Cell("spikes", "backup", 1)
+    assert [c.name for c in cells[:4]] == ["none__bsp__0", "none__backup__0", "spikes__backup__0", "spikes__bsp__0"]
+    assert [c.name for c in cells[4:6]] == ["none__backup__1", "none__bsp__1"]
+    every = {Cell(s, m, r) for s in ("none", "spikes") for m in ("bsp", "backup") for r in (0, 1)}
+    assert len(cells) == 8 and set(cells) == every
 
 
 def test_ratios_pair_runs_of_the_same_repeat() -> None:
@@ -110,3 +112,20 @@ def test_bench_runs_evaluate_after_training_like_the_ddp_baseline(tmp_path: Path
     cell = Cell("none", "async", 0)
     assert cell_config(cell, tmp_path, {}).train.eval_live is False
     assert cell_config(cell, tmp_path, {"train.eval_live": True}).train.eval_live is True
+
+
+def test_ctrl_c_stops_the_whole_matrix_not_only_one_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed cell is recorded and the matrix goes on; an interrupted one (Ctrl-C, SIGTERM) ends the bench."""
+    from weaksync.bench import matrix
+    from weaksync.runtime.launcher import RunFailed, RunInterrupted
+
+    ran: list[str] = []
+
+    def fake_run(cell: Cell, out_dir: Path, overrides: dict) -> None:
+        ran.append(cell.name)
+        raise (RunInterrupted if cell.mode == "backup" else RunFailed)(f"{cell.name} stopped")
+
+    monkeypatch.setattr(matrix, "run_cell", fake_run)
+    with pytest.raises(RunInterrupted):
+        run_matrix(["none"], ["bsp", "backup", "async"], 2, tmp_path, {})
+    assert ran == ["none__bsp__0", "none__backup__0"]  # bsp's failure was survived, backup's interrupt was not

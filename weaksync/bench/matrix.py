@@ -55,7 +55,14 @@ def expand_scenarios(names: list[str]) -> list[str]:
 
 
 def plan(scenarios: list[str], modes: list[str], repeats: int) -> list[Cell]:
-    return [Cell(s, m, r) for r in range(repeats) for s in scenarios for m in modes]
+    """Every scenario's modes back to back, repeat after repeat; the order of the modes turns by one for each
+    scenario and repeat, so that no mode always runs first (the first run of a series can start slower)."""
+    cells = []
+    for r in range(repeats):
+        for i, scenario in enumerate(scenarios):
+            turn = (r + i) % len(modes) if modes else 0
+            cells += [Cell(scenario, m, r) for m in modes[turn:] + modes[:turn]]
+    return cells
 
 
 def cell_config(cell: Cell, out_dir: Path, overrides: dict[str, Any]) -> Config:
@@ -168,6 +175,7 @@ def run_matrix(
 ) -> list[dict[str, Any]]:
     """Run every cell (a failed cell is recorded, not fatal), write results.json and results.md."""
     from ..runtime.launcher import RunInterrupted
+
     overrides = overrides or {}
     for cell in plan(scenarios, modes, 1):  # validate every cell's config before the first run
         cell_config(cell, out_dir / "_check", overrides)
