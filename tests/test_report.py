@@ -84,7 +84,7 @@ def test_files_and_pngs(report: Path) -> None:
     out = report.parent
     assert report == out / "report.html" and report.exists() and (out / "report.md").exists()
     pngs = sorted((out / "img").glob("*.png"))
-    assert len(pngs) == 5  # accuracy, staleness, step time, one timeline per run
+    assert len(pngs) == 6  # accuracy, staleness, step time, quorums (k, b), one timeline per run
     for png in pngs:
         data = png.read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 5000
@@ -95,7 +95,7 @@ def test_html_is_self_contained(report: Path) -> None:
     text = report.read_text(encoding="utf-8")
     assert not re.search(r"https?://", text)
     assert not re.search(r"""(src|href)=["'](?!data:)""", text)  # every resource is a data URI
-    assert text.count('src="data:image/png;base64,') == 5
+    assert text.count('src="data:image/png;base64,') == 6
     assert "fast-async" in text and "slow-bsp" in text
     assert "worker 2: compute p50 ×3.55" in text
 
@@ -108,7 +108,8 @@ def test_markdown_tables_hold_the_numbers(report: Path) -> None:
                    "- worker 2: compute p50 ×3.55 of its peers, slow in 100.0% of the run (persistent)",
                    "- none found"):  # fmt: skip
         assert needle in md, needle
-    assert len(re.findall(r"!\[[^\]]*\]\(img/[^)]+\.png\)", md)) == 5
+    assert len(re.findall(r"!\[[^\]]*\]\(img/[^)]+\.png\)", md)) == 6
+    assert "## Quorums k and b over the run" in md
     for link in re.findall(r"\]\((img/[^)]+)\)", md):
         assert (report.parent / link).exists()
 
