@@ -141,3 +141,22 @@ def _bad_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if torch.distributed.get_rank() == 1:
         raise RuntimeError("loss_fn failed on purpose")
     return nn.functional.cross_entropy(output, target)
+
+
+def test_the_ddp_delay_follows_time_windowed_rules() -> None:
+    """The baseline's injected delay sees the seconds since its first step, as weaksync's roles do (the
+    changing scenarios, e.g. spike-burst, are time windows)."""
+    import time
+
+    from weaksync.bench.ddp import _DelayState
+    from weaksync.stragglers.delays import StragglerRule, delayer_for
+
+    rule = StragglerRule(target="worker", ids=[0], delay={"kind": "constant", "seconds": 0.01}, start_s=0.5)
+    state = _DelayState(delayer_for([rule], "worker", 0, 0))
+    state.begin(0, time.time())
+    state.before_reduce()
+    assert state.injected == 0.0  # 0 s into the run: before the window
+    state.first = time.time() - 1.0  # as if the first step was a second ago
+    state.begin(1, time.time())
+    state.before_reduce()
+    assert state.injected == pytest.approx(0.01)

@@ -80,17 +80,21 @@ class _DelayState:
         self.delayer = delayer
         self.step = 0
         self.t0 = 0.0
+        self.first: float | None = None  # the first step's start: the clock of time-windowed rules
         self.injected = 0.0
         self.t_end: float | None = None
 
     def begin(self, step: int, t0: float) -> None:
         self.step, self.t0, self.injected, self.t_end = step, t0, 0.0, None
+        if self.first is None:
+            self.first = t0
 
     def before_reduce(self) -> None:
         if self.t_end is not None:  # already slept this step
             return
         if self.delayer.active:
-            self.injected = self.delayer.sample(self.step, measured=time.time() - self.t0)
+            now = time.time()
+            self.injected = self.delayer.sample(self.step, measured=now - self.t0, elapsed=now - (self.first or now))
             if self.injected > 0:
                 time.sleep(self.injected)  # a synthetic straggler: compute took this much longer
         self.t_end = time.time()

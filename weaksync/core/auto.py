@@ -17,6 +17,7 @@ that decided it. Pure and deterministic: the same observations, the same choices
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
 from collections.abc import Iterable
@@ -61,7 +62,6 @@ class Choice:
 
     def as_dict(self) -> dict:
         return {
-            "at": self.at,
             "name": self.name,
             "value": self.value,
             "previous": self.previous,
@@ -152,10 +152,10 @@ class QuorumTuner:
         return choice
 
     def _censored(self, rnd: _Round, now: float) -> bool:
-        arrived = sorted(rnd.offsets.values())
-        if len(arrived) < self.value:
+        if len(rnd.offsets) < self.value:
             return False
-        return now - rnd.opened > AUTO_CENSOR * max(arrived[self.value - 1], 1e-4)
+        quorum_wait = heapq.nsmallest(self.value, rnd.offsets.values())[-1]
+        return now - rnd.opened > AUTO_CENSOR * max(quorum_wait, 1e-4)
 
     def _decide(self, now: float, overhead: float) -> Choice | None:
         """Re-evaluate after a closed round: the best quorum by rate, if it beats the current one clearly."""

@@ -88,10 +88,6 @@ class SyncPolicy:
                 "is never accepted): use tau >= 1 or set a push/pull deadline"
             )
 
-    def accepts(self, block_version: int, base_version: int) -> bool:
-        """A contribution computed from `base_version` may update a block now at `block_version`."""
-        return within_staleness(self.tau, block_version, base_version)
-
 
 def within_staleness(tau: int | None, block_version: int, base_version: int) -> bool:
     """The staleness rule, for a bound that may change during a run (auto): v - u <= τ, or no bound."""

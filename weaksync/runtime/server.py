@@ -251,7 +251,7 @@ class Server:
         payload = self.blockstore.snapshot(block)
         frames = [identity, *encode("block", payload, j=block, v=version)]
         delay = 0.0
-        if worker is not None:
+        if worker is not None and (self.reply_delay.active or self.link_delays[worker].active):
             elapsed = 0.0 if self.first_push is None else time.monotonic() - self.first_push
             if self.reply_delay.active:
                 delay += self.reply_delay.sample(version, elapsed=elapsed)
