@@ -31,6 +31,7 @@ AUTO_OPEN = 4  # rounds measured at once
 AUTO_CENSOR = 8.0  # a round stops waiting for its last parties after this × the current quorum's wait
 AUTO_MARGIN = 0.15  # a challenger's rate must exceed the current one by this fraction
 AUTO_PATIENCE = 3  # ... in this many consecutive closed rounds
+AUTO_LEAP = 1.5  # a smaller quorum this many times faster is taken at once: a stuck party costs every round waited
 
 
 def staleness_bound(num_workers: int, k: int) -> int:
@@ -175,7 +176,8 @@ class QuorumTuner:
         direction = 1 if best > current else -1
         self._lead = self._lead + 1 if direction == self._leader else 1
         self._leader = direction  # patience counts rounds that point the same way, whichever q is best in each
-        if self._lead < AUTO_PATIENCE:
+        leap = direction < 0 and rates[best] >= rates[current] * AUTO_LEAP
+        if self._lead < AUTO_PATIENCE and not leap:
             return None
         choice = Choice(
             now, self.name, best, current, rates[best], rates[current],
