@@ -12,8 +12,8 @@ import torch
 from conftest import events, small_config
 
 from weaksync.core.auto import staleness_bound
-from weaksync.runtime.evaluator import FINAL_MODEL
 from weaksync.runtime.launcher import run_local
+from weaksync.runtime.spec import FINAL_MODEL
 from weaksync.training.models import build_model
 
 pytestmark = pytest.mark.e2e

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from weaksync.stragglers import netcluster
-from weaksync.stragglers.netcluster import NetCluster, NetClusterError, cleanup_stale, list_namespaces
+from weaksync.testbed import netcluster
+from weaksync.testbed.netcluster import NetCluster, NetClusterError, cleanup_stale, list_namespaces
 
 pytestmark = pytest.mark.e2e
 PY = sys.executable
@@ -212,7 +212,7 @@ def test_training_with_a_slow_link(tmp_path: Path) -> None:
 def test_a_failed_host_stops_the_others_and_is_named(tmp_path: Path) -> None:
     from weaksync.config import load_config
     from weaksync.runtime.launcher import RunFailed
-    from weaksync.stragglers.netcluster import run_training
+    from weaksync.testbed.netcluster import run_training
 
     fake = tmp_path / "python"  # worker 1's launch dies after 4 s, when the others run; they are real
     fake.write_text(f'#!/bin/sh\ncase "$*" in *"--first-id 1 "*) sleep 4; echo "simulated failure on this host" >&2; '

@@ -22,7 +22,7 @@ def served(tmp_path: Path):
     cfg = small_config(tmp_path, **{"cluster.servers": 1, "cluster.workers": 2, "sync.mode": "bsp"})
     workload = builtin_workload("digits-cnn", "digits", None, 0, 100)
     spec = RoleSpec("server", 0, cfg, workload, "127.0.0.1", 0, "test", str(tmp_path))
-    server = Server(spec)
+    server = Server(spec, workload.model_fn())
     ctx = zmq.Context()
     router, endpoint = bind_router(ctx, "127.0.0.1")
     dealers = {name: connect_dealer(ctx, endpoint, name) for name in (b"w0", b"w1", b"w9", b"evaluator")}

@@ -1,15 +1,74 @@
-"""Python API: train your own nn.Module and Dataset with weaksync, in any mode, without editing it."""
+"""Python API: weaksync inside your own training loop (`connect`), or a whole job in one call (`train`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch.nn.functional as F
+from torch import nn
 
 from .config import Config, load_config
-from .runtime.launcher import ProgressCallback, RunResult, run_local
+from .runtime.evaluator import MetricFn
+from .runtime.launcher import ProgressCallback, RunResult, Script, run_local
+from .runtime.roles import current_role
+from .runtime.script import MetricTarget
+from .runtime.script import connect as _connect
+from .runtime.worker import WorkerSession
 from .training.workload import DataFn, LossFn, ModelFn, Workload
+
+
+def connect(
+    model: nn.Module,
+    evaluate: MetricFn | None = None,
+    *,
+    metric: str | None = None,
+    goal: Literal["max", "min"] = "max",
+    target: float | None = None,
+    config: Config | str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> WorkerSession:
+    """Join the run this process was started for, with `model` (call it once the model is built).
+
+    In a script started by `weaksync run SCRIPT` or by torchrun, every process runs the same script and
+    `connect` gives each its role:
+    - on a worker it returns a session for your own loop: `while ps.wait(): forward, loss, backward;
+      ps.push()`: `wait()` installs the fresh blocks, `push()` sends the model's gradients (after any
+      clipping you did); the servers' optimizer steps;
+    - on a server it serves the model's blocks, and on the evaluator it scores θ with
+      `evaluate(model) -> number | {name: number}` every train.eval_interval; neither returns (the process
+      ends with the run), so the training loop runs on workers only.
+    `metric` names the figure of `evaluate` that time-to-target follows (`goal` "min" for a loss) and
+    `target` its threshold; without them, train.metric / .goal / .target apply.
+    `config`/`overrides` configure a torchrun launch; under `weaksync run` its flags are the configuration.
+    """
+    wanted = MetricTarget(metric, goal, target) if metric is not None else None
+    return _connect(model, evaluate, wanted, config, overrides)
+
+
+def role() -> str | None:
+    """'server', 'worker' or 'evaluator' in a process of `weaksync run`, else None: lets a script skip
+    loading training data where no training happens."""
+    got = current_role()
+    return got[0] if got else None
+
+
+def run(
+    script: str | Path,
+    args: list[str] | None = None,
+    config: Config | str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> RunResult:
+    """`weaksync run SCRIPT ARGS...` from Python: the script in every role on the embedded cluster."""
+    cfg = _config(config, overrides)
+    return run_local(cfg, on_progress=on_progress, script=Script(str(Path(script).resolve()), tuple(args or ())))
+
+
+def _config(config: Config | str | Path | None, overrides: dict[str, Any] | None) -> Config:
+    if isinstance(config, Config):
+        return load_config(None, {**config.model_dump(), **(overrides or {})}) if overrides else config
+    return load_config(config, overrides)
 
 
 def train(
@@ -20,7 +79,9 @@ def train(
     overrides: dict[str, Any] | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> RunResult:
-    """Run one training job on the embedded cluster and return its run directory and summary.
+    """Run one training job on the embedded cluster and return its run directory, summary and trained
+    model (`result.state_dict()`). A thin user of `connect`: each worker runs the plain loop
+    `loss_fn(model(x), y).backward()` on its shard.
 
     model_fn() -> nn.Module and data_fn() -> (train_dataset, test_dataset) are called in every process,
     so they must be picklable: module-level functions or functools.partial of them. Without them the
@@ -28,10 +89,7 @@ def train(
     """
     if (model_fn is None) != (data_fn is None):
         raise ValueError("give both model_fn and data_fn, or neither (to use config.model / config.data)")
-    if isinstance(config, Config):
-        cfg = load_config(None, {**config.model_dump(), **(overrides or {})}) if overrides else config
-    else:
-        cfg = load_config(config, overrides)
+    cfg = _config(config, overrides)
     workload = None
     if model_fn is not None and data_fn is not None:
         workload = Workload(model_fn=model_fn, data_fn=data_fn, loss_fn=loss_fn)

@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .core.policy import DEFAULT_GRACE, MODES, SyncPolicy, make_policy, resolve_count
+from .errors import WeaksyncError
 from .stragglers.cgroup import parse_throttle
 from .stragglers.delays import StragglerRule
 from .stragglers.scenarios import describe_error, load_scenario
@@ -19,7 +20,7 @@ from .stragglers.scenarios import describe_error, load_scenario
 Count = Union[int, float]
 
 
-class ConfigError(ValueError):
+class ConfigError(WeaksyncError, ValueError):
     """A configuration problem, phrased as `field: problem (fix)`."""
 
 
@@ -87,6 +88,15 @@ class TrainSection(_Section):
         "is done, as the DDP baseline does, so that evaluation takes no CPU from training (benchmarks)",
     )
     target_accuracy: float = Field(0.95, gt=0, le=1, description="for time-to-accuracy")
+    metric: str = Field(
+        "accuracy", min_length=1, description="the evaluated figure time-to-target follows (a script's own: its name)"
+    )
+    goal: Literal["max", "min"] = Field(
+        "max", description="whether a larger (accuracy) or smaller (loss) metric is better"
+    )
+    target: float | None = Field(
+        None, description="time-to-target threshold on train.metric (default: target_accuracy when it is accuracy)"
+    )
     threads: int = Field(1, ge=1, description="torch threads per process")
 
 
@@ -153,6 +163,11 @@ class Config(_Section):
     on_worker_failure: Literal["stop", "continue"] = Field(
         "stop", description="stop the run, or continue with the live workers when >= k remain"
     )
+
+    def metric_target(self) -> float | None:
+        """The threshold time-to-target is measured at (None: no target for this metric)."""
+        t = self.train
+        return t.target if t.target is not None else (t.target_accuracy if t.metric == "accuracy" else None)
 
     def policy(self, num_blocks: int) -> SyncPolicy:
         """The resolved thresholds once B is known; raises ConfigError on k > N, b > B, ..."""
@@ -252,6 +267,17 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         return Config.model_validate(doc).check()
     except ValidationError as exc:
         raise ConfigError(_one_line(exc)) from None
+
+
+def parse_set_pairs(pairs: list[str]) -> dict[str, Any]:
+    """`--set section.field=value` flags as dotted overrides, each value read as YAML (numbers, lists, null)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set '{pair}': write it as section.field=value, e.g. --set optim.lr=0.1")
+        out[key] = yaml.safe_load(raw)
+    return out
 
 
 def _one_line(exc: ValidationError) -> str:

@@ -30,8 +30,8 @@ import torch.distributed as dist
 from torch.distributed import PrefixStore, TCPStore
 
 from ..config import Config, ConfigError, dump_config
-from ..runtime.evaluator import FINAL_MODEL  # rank 0's model after the last step, as weaksync's evaluator saves it
-from ..runtime.eventlog import EventLog
+from ..records.eventlog import EventLog
+from ..records.files import write_json
 from ..runtime.launcher import (
     INTERRUPTED,
     PRELOAD,
@@ -42,8 +42,13 @@ from ..runtime.launcher import (
     prepare,
     stop_processes,
 )
-from ..runtime.resources import peak_rss_bytes, write_json
-from ..runtime.spec import RoleError, install_stop_handlers, watch_parent
+from ..runtime.resources import peak_rss_bytes
+from ..runtime.spec import (
+    FINAL_MODEL,  # rank 0's model after the last step, as weaksync's evaluator saves it
+    RoleError,
+    install_stop_handlers,
+    watch_parent,
+)
 from ..stragglers.delays import delayer_for
 from ..training.data import BatchStream, shard_indices
 from ..training.evaluate import evaluate_loss_and_accuracy

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..config import ConfigError, load_config
+from ..config import ConfigError, load_config, parse_set_pairs
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -38,7 +38,7 @@ def parse_limits(pairs: list[str], hosts: int) -> dict[int, str]:
 
 
 def _rate(rate: str, where: str) -> str:
-    from ..stragglers.netcluster import parse_rate
+    from ..testbed.netcluster import parse_rate
 
     try:
         parse_rate(rate)
@@ -69,7 +69,7 @@ def cluster_command(
 
     Host 0 runs the servers, host i runs worker i-1; --rate and --limit shape links in both directions (tbf)."""
     from ..runtime.launcher import RunFailed
-    from ..stragglers.netcluster import (
+    from ..testbed.netcluster import (
         MAX_HOSTS,
         NEEDS_ROOT,
         NetCluster,
@@ -79,7 +79,6 @@ def cluster_command(
         cleanup_stale,
         run_training,
     )
-    from .main import _set_pairs
 
     console = Console()
     try:
@@ -97,7 +96,7 @@ def cluster_command(
         "train.steps": steps,
         "run.out_dir": out_dir,
         "run.name": name,
-        **_set_pairs(set_),
+        **parse_set_pairs(set_),
     }
     cfg = load_config(config, overrides)  # everything is checked before a namespace exists
     hosts = cfg.cluster.workers + 1

@@ -5,14 +5,17 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
 from ..bench.matrix import DEFAULT_MODES, DEFAULT_SCENARIOS
-from ..config import ConfigError, load_config
+from ..config import Config, ConfigError, load_config, parse_set_pairs
 from .progress import LiveProgress, print_summary
+
+if TYPE_CHECKING:
+    from ..runtime.launcher import Script
 
 app = typer.Typer(
     add_completion=False,
@@ -40,18 +43,6 @@ def _throttles(specs: list[str]) -> dict[str, float] | None:
         return dict(parse_throttle(spec) for spec in specs) or None
     except ValueError as exc:
         raise ConfigError(f"--throttle: {exc}") from None
-
-
-def _set_pairs(pairs: list[str]) -> dict[str, Any]:
-    import yaml
-
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set '{pair}': write it as section.field=value, e.g. --set optim.lr=0.1")
-        out[key] = yaml.safe_load(raw)
-    return out
 
 
 @app.command()
@@ -82,8 +73,6 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no live progress"),
 ) -> None:
     """Train on the embedded cluster: S servers, N workers and an evaluator on this machine."""
-    from ..runtime.launcher import run_local
-
     overrides = {
         "sync.mode": mode,
         "cluster.workers": workers,
@@ -106,15 +95,61 @@ def train(
         "on_worker_failure": on_worker_failure,
         "scenario": scenario,
         "throttle": _throttles(throttle),
-        **_set_pairs(set_),
+        **parse_set_pairs(set_),
+    }
+    _launch(load_config(config, overrides), quiet)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run(
+    script: Path = typer.Argument(..., help="a Python script that calls weaksync.connect(model)"),
+    args: list[str] = typer.Argument(None, help="the script's own arguments (after --)"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config; flags override it"),
+    mode: str | None = typer.Option(None, help="auto | bsp | backup | partial-pull | partial | ssp | async"),
+    workers: int | None = typer.Option(None, help="number of workers N"),
+    servers: int | None = typer.Option(None, help="number of servers S"),
+    blocks: int | None = typer.Option(None, help="parameter blocks B (default: auto)"),
+    steps: int | None = typer.Option(None, help="steps per worker"),
+    batch_size: int | None = typer.Option(None, help="minibatch per worker (the script reads ps.config)"),
+    lr: float | None = typer.Option(None, help="learning rate of the servers' optimizer"),
+    scenario: str | None = typer.Option(None, help="straggler scenario: a shipped name or a YAML path"),
+    out_dir: str | None = typer.Option(None, help="parent of run directories (default: runs)"),
+    name: str | None = typer.Option(None, help="run directory name"),
+    set_: list[str] = typer.Option([], "--set", help="any config field: section.field=value (repeatable)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no live progress"),
+) -> None:
+    """Run your own script on the embedded cluster: it starts once per server, worker and the evaluator, and
+    weaksync.connect(model) gives each its role (as under torchrun, one host)."""
+    from ..runtime.launcher import Script, check_script
+
+    check_script(str(script))
+    overrides = {
+        "sync.mode": mode,
+        "cluster.workers": workers,
+        "cluster.servers": servers,
+        "cluster.blocks": blocks,
+        "train.steps": steps,
+        "train.batch_size": batch_size,
+        "optim.lr": lr,
+        "scenario": scenario,
+        "run.out_dir": out_dir,
+        "run.name": name,
+        **parse_set_pairs(set_),
     }
     cfg = load_config(config, overrides)
+    _launch(cfg, quiet, script=Script(str(script.resolve()), tuple(args or ())))
+
+
+def _launch(cfg: Config, quiet: bool, script: Script | None = None) -> None:
+    """One embedded run with the live view, then its summary."""
+    from ..runtime.launcher import run_local
+
     console = Console()
     progress = None if quiet else LiveProgress(console, cfg)
     try:
         if progress:
             progress.start()
-        result = run_local(cfg, on_progress=progress.update if progress else None)
+        result = run_local(cfg, on_progress=progress.update if progress else None, script=script)
     finally:
         if progress:
             progress.stop()
@@ -141,7 +176,7 @@ def bench(
     from ..bench.matrix import expand_scenarios, plan, run_matrix
 
     out_dir = out or Path("runs") / f"bench-{_time.strftime('%Y%m%d-%H%M%S')}"
-    overrides = _set_pairs(set_)
+    overrides = parse_set_pairs(set_)
     scenarios = expand_scenarios(scenarios)
     console = Console()
     cells = plan(scenarios, modes, repeats)

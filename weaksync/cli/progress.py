@@ -66,15 +66,33 @@ class LiveProgress:
                 drops[reason] = drops.get(reason, 0) + count
         updates = sum(s["updates"] for s in servers)
         ks = "/".join(str(s.get("k", "-")) for s in servers)
-        acc = progress.get("eval", {}).get("accuracy")
+        metric = self.config.train.metric  # a script may measure another: then its first figure shows
+        figures = {k: v for k, v in progress.get("eval", {}).items() if k != "t"}
+        name, value = (metric, figures[metric]) if metric in figures else next(iter(figures.items()), (metric, None))
         head = Text(
             f"{self.config.sync.mode}  N={self.config.cluster.workers} S={self.config.cluster.servers}  k={ks}  "
             f"elapsed {time.monotonic() - self.started:.0f}s  "
             f"steps {sum(p['step'] for p in workers.values())}/{budget}  "
-            f"test accuracy {'-' if acc is None else f'{acc:.3f}'}  block updates {updates}  "
+            f"test {name} {'-' if value is None else f'{value:.3f}'}  block updates {updates}  "
             f"dropped {sum(drops.values())} {drops if drops else ''}"
         )
         self.live.update(Group(head, table))
+
+
+def _metric_rows(s: dict[str, Any], fmt: Any) -> list[tuple[str, str]]:
+    """Final/best and time-to-target of the run's metric: accuracy as a percentage, any other as a number."""
+    m = s.get("metric") or {"name": "accuracy", "target": s["target_accuracy"]}
+    if m["name"] == "accuracy":
+        return [
+            ("final / best accuracy", f"{fmt(s['final_accuracy'])} / {fmt(s['best_accuracy'])}"),
+            (f"time to {s['target_accuracy']:.0%}", fmt(s["time_to_accuracy"], "{:.2f} s")),
+        ]
+    sign = ">=" if m["goal"] == "max" else "<="
+    target = "-" if m["target"] is None else f"{m['target']:g}"
+    return [
+        (f"final / best {m['name']}", f"{fmt(m['final'], '{:.4g}')} / {fmt(m['best'], '{:.4g}')}"),
+        (f"time to {m['name']} {sign} {target}", fmt(m["time_to_target"], "{:.2f} s")),
+    ]
 
 
 def print_summary(console: Console, run_dir: Path, s: dict[str, Any]) -> None:
@@ -89,8 +107,7 @@ def print_summary(console: Console, run_dir: Path, s: dict[str, Any]) -> None:
             f"{s.get('mode')}  k={s.get('k')} b={s.get('b')} tau={s.get('tau')}  "
             f"N={s.get('num_workers')} S={s.get('num_servers')} B={s.get('num_blocks')}",
         ),
-        ("final / best accuracy", f"{fmt(s['final_accuracy'])} / {fmt(s['best_accuracy'])}"),
-        (f"time to {s['target_accuracy']:.0%}", fmt(s["time_to_accuracy"], "{:.2f} s")),
+        *_metric_rows(s, fmt),
         ("training time", fmt(s["train_seconds"], "{:.2f} s")),
         ("worker steps/s", fmt(s["steps_per_s"], "{:.1f}")),
         ("step time p50/p95/p99", " / ".join(fmt(s["step_time"][q], "{:.4f}") for q in ("p50", "p95", "p99")) + " s"),

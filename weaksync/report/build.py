@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError
-from ..runtime.eventlog import read_events
+from ..records.eventlog import read_events
 from . import html, plots
 from .tables import comparison_table, straggler_lines, to_markdown, worker_table
 

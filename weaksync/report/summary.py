@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from ..runtime.eventlog import read_events
-from ..runtime.resources import write_json
+from ..config import Config
+from ..records.eventlog import read_events
+from ..records.files import write_json
 from .slow import find_stragglers
 
 
@@ -61,14 +62,52 @@ def _quorums(
     }
 
 
-def build_summary(run_dir: Path, target_accuracy: float) -> dict[str, Any]:
-    """Everything a user asks after a run: how fast, how accurate, what was dropped, what was sent."""
+def figure(event: dict, name: str) -> float | None:
+    """One evaluated figure of an `eval` event (its `metrics`, or a top-level field as the DDP baseline and
+    older runs write them)."""
+    value = event.get("metrics", {}).get(name, event.get(name))
+    return None if value is None else float(value)
+
+
+def metric_section(evals: list[dict], start: float | None, name: str, goal: str, target: float | None) -> dict:
+    """Time-to-target and the curve of any evaluated figure, larger-is-better or smaller-is-better."""
+    points = [(e["t"], v) for e in evals if (v := figure(e, name)) is not None]
+    better = max if goal == "max" else min
+    reached = None
+    if target is not None:
+        reached = next((t for t, v in points if (v >= target if goal == "max" else v <= target)), None)
+    return {
+        "name": name,
+        "goal": goal,
+        "target": target,
+        "time_to_target": (reached - start) if reached is not None and start is not None else None,
+        "final": points[-1][1] if points else None,
+        "best": better((v for _, v in points), default=None),
+        "curve": [[round(t - start, 3) if start else None, v] for t, v in points],
+    }
+
+
+def summarize_run(run_dir: Path, config: Config) -> dict[str, Any]:
+    """build_summary with the run's own targets."""
+    t = config.train
+    return build_summary(run_dir, t.target_accuracy, t.metric, t.goal, config.metric_target())
+
+
+def build_summary(
+    run_dir: Path, target_accuracy: float, metric: str = "accuracy", goal: str = "max", target: float | None = None
+) -> dict[str, Any]:
+    """Everything a user asks after a run: how fast, how accurate, what was dropped, what was sent.
+    `metric`, `goal` and `target` name the figure time-to-target follows (train.metric, .goal, .target)."""
     run_dir = Path(run_dir)
     meta = json.loads((run_dir / "meta.json").read_text()) if (run_dir / "meta.json").exists() else {}
     worker_events, server_events = _events(run_dir, "worker-*.jsonl"), _events(run_dir, "server-*.jsonl")
     steps = [e for e in worker_events if e["ev"] == "step"]
     updates = [e for e in server_events if e["ev"] == "update"]
-    evals = sorted((e for e in _events(run_dir, "evaluator.jsonl") if e["ev"] == "eval"), key=lambda e: e["t"])
+    evaluator_events = _events(run_dir, "evaluator.jsonl")
+    evals = sorted((e for e in evaluator_events if e["ev"] == "eval"), key=lambda e: e["t"])
+    for e in evaluator_events:  # what the evaluator measured: a script's own metric overrides the config's
+        if e["ev"] == "metric":
+            metric, goal, target = e["name"], e["goal"], e["target"]
     servers, workers = _procs(run_dir, "server"), _procs(run_dir, "worker")
 
     start = min((e["t"] for e in steps), default=None)
@@ -120,7 +159,7 @@ def build_summary(run_dir: Path, target_accuracy: float) -> dict[str, Any]:
             )
 
     choices = sorted((e for e in worker_events + server_events if e["ev"] == "choice"), key=lambda e: e["t"])
-    reached = next((e for e in evals if e["accuracy"] >= target_accuracy), None)
+    accuracy = metric_section(evals, start, "accuracy", "max", target_accuracy)
     num_steps = len(steps)
     summary = {
         "run": run_dir.name,
@@ -130,11 +169,12 @@ def build_summary(run_dir: Path, target_accuracy: float) -> dict[str, Any]:
         "steps_per_s": num_steps / wall if wall else None,
         "step_time": _percentiles(step_intervals),
         "target_accuracy": target_accuracy,
-        "time_to_accuracy": (reached["t"] - start) if reached and start is not None else None,
-        "final_accuracy": evals[-1]["accuracy"] if evals else None,
-        "best_accuracy": max((e["accuracy"] for e in evals), default=None),
+        "time_to_accuracy": accuracy["time_to_target"],
+        "final_accuracy": accuracy["final"],
+        "best_accuracy": accuracy["best"],
         "evaluations": len(evals),
-        "accuracy_curve": [[round(e["t"] - start, 3) if start else None, e["accuracy"]] for e in evals],
+        "accuracy_curve": accuracy["curve"],
+        "metric": metric_section(evals, start, metric, goal, target),
         "updates": len(updates),
         "updates_by_deadline": sum(1 for u in updates if u.get("by_deadline")),
         "contributions": {

@@ -1,4 +1,7 @@
-"""Evaluator process: measures test accuracy of the servers' θ over wall-clock time, off the critical path.
+"""Evaluator process: measures the servers' θ over wall-clock time with the run's metric, off the critical path.
+
+The metric is a function of the model: the built-in jobs' is test loss and accuracy; a user's script passes
+its own to `weaksync.connect(model, evaluate=...)` (any figures: a regression loss, a BLEU score).
 
 It runs at low priority (nice), peeks every block from the servers (a peek never touches the protocol
 core), evaluates, and logs `eval` events. When every worker is done it takes the final measurement and
@@ -12,26 +15,60 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import partial
 
 import torch
 import zmq
+from torch import nn
+from torch.utils.data import Dataset
 
+from ..records.eventlog import EventLog
 from ..training.evaluate import evaluate_loss_and_accuracy
 from ..training.workload import seed_model_init
 from ..transport.messages import BadMessage, decode, encode
 from ..transport.sockets import connect_dealer
-from .eventlog import EventLog
 from .flat import FlatModel, model_layout
-from .spec import RoleSpec, connect_store, install_stop_handlers, store_set_json, watch_parent
+from .spec import FINAL_MODEL, RoleError, RoleSpec, connect_store, install_stop_handlers, store_set_json, watch_parent
 
 NICE = 10
 DONE_POLL = 0.1  # seconds between checks for the end of training while waiting for the next snapshot
 
 
 MAX_PENDING_BYTES = 256 << 20
-FINAL_MODEL = "final_model.pt"  # the model's state_dict at the end of the run, loadable with load_state_dict
 Snapshot = tuple[float, torch.Tensor, int, bool]  # (time taken, θ, total updates, final)
+MetricFn = Callable[[nn.Module], "float | Mapping[str, float]"]  # the model (θ installed) -> figures
+
+
+def test_metrics(test: Dataset, model: nn.Module) -> dict[str, float]:
+    """The built-in jobs' metric: mean cross-entropy and top-1 accuracy on the test set."""
+    loss, acc = evaluate_loss_and_accuracy(model, test)
+    return {"accuracy": acc, "loss": loss}
+
+
+def measure(metric: MetricFn | None, model: nn.Module, name: str) -> dict[str, float]:
+    """The metric's figures as a dict of floats (a bare number is named after train.metric); the model's
+    train/eval flags are restored, whatever the metric does with them."""
+    if metric is None:
+        return {}
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            value = metric(model)
+    finally:
+        for module, training in modes:
+            module.training = training
+    figures = value.items() if isinstance(value, Mapping) else [(name, value)]
+    out = {}
+    for key, v in figures:
+        try:
+            out[str(key)] = float(v)
+        except (TypeError, ValueError):
+            raise RoleError(
+                f"the evaluate function returned {key}={v!r}: return a number or a dict of numbers"
+            ) from None
+    return out
 
 
 class Evaluator:
@@ -39,14 +76,13 @@ class Evaluator:
     order by the main thread, so each accuracy belongs to the moment its snapshot was taken even when
     evaluation lags behind at low priority."""
 
-    def __init__(self, spec: RoleSpec):
+    def __init__(self, spec: RoleSpec, model: nn.Module, metric: MetricFn | None):
         cfg = spec.config
         self.spec = spec
-        seed_model_init(cfg.run.seed)
-        self.model = spec.workload.model_fn()
+        self.model = model
+        self.metric = metric
         self.layout = model_layout(self.model, cfg.cluster.servers, cfg.cluster.blocks)
         self.flat = FlatModel(self.model, self.layout)
-        _, self.test = spec.workload.data_fn()
         self.log = EventLog(spec.path / "events" / "evaluator.jsonl")
         self.socks: list[zmq.Socket] = []
         self.pending: queue.Queue[Snapshot | None] = queue.Queue()
@@ -143,15 +179,23 @@ class Evaluator:
         self.flat.values.copy_(theta)
         if final:
             torch.save({k: v.clone() for k, v in self.model.state_dict().items()}, self.spec.path / FINAL_MODEL)
-        loss, acc = evaluate_loss_and_accuracy(self.model, self.test)
-        self.log.write("eval", t=t, t_done=time.time(), accuracy=acc, loss=loss, updates=updates, final=final)
+        figures = measure(self.metric, self.model, self.spec.config.train.metric)
+        self.log.write("eval", t=t, t_done=time.time(), metrics=figures, updates=updates, final=final)
         try:
-            store_set_json(store, "progress/eval", {"accuracy": acc, "loss": loss, "t": t})
+            store_set_json(store, "progress/eval", {**figures, "t": t})
         except Exception:
             pass
 
 
 def run_evaluator(spec: RoleSpec) -> None:
+    """Entry point of the built-in jobs' evaluator: the workload's model, scored on its test set."""
+    seed_model_init(spec.config.run.seed)
+    model = spec.workload.model_fn()
+    _, test = spec.workload.data_fn()
+    serve_evaluator(spec, model, partial(test_metrics, test))
+
+
+def serve_evaluator(spec: RoleSpec, model: nn.Module, metric: MetricFn | None) -> None:
     install_stop_handlers()  # glibc's adaptive allocator stays: see return_large_frees_to_os
     watch_parent(spec.watch_pid)
     try:
@@ -160,7 +204,7 @@ def run_evaluator(spec: RoleSpec) -> None:
         pass
     torch.set_num_threads(1)
     cfg = spec.config
-    evaluator = Evaluator(spec)
+    evaluator = Evaluator(spec, model, metric)
     store = connect_store(spec)
     endpoints = [store.get(f"server/{s}").decode() for s in range(cfg.cluster.servers)]
     ctx = zmq.Context()
@@ -178,6 +222,8 @@ def run_evaluator(spec: RoleSpec) -> None:
             except zmq.ZMQError:
                 pass
 
+    t = cfg.train
+    evaluator.log.write("metric", t=time.time(), name=t.metric, goal=t.goal, target=cfg.metric_target())
     try:
         timer.start()
         live = cfg.train.eval_live

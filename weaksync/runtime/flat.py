@@ -15,9 +15,13 @@ from ..core.layout import Block, BlockLayout, TensorSpec, build_layout, order_te
 
 
 def tensor_specs(model: nn.Module) -> tuple[TensorSpec, ...]:
-    """θ's tensors in layout order: parameters, then floating-point buffers."""
+    """θ's tensors in layout order: trainable parameters, then floating-point buffers. Frozen parameters
+    (requires_grad=False) are not part of θ: every process keeps its own copy, so no optimizer (nor weight
+    decay) ever touches them and they stay bit-identical."""
     params = [
-        TensorSpec(n, tuple(p.shape), str(p.dtype).removeprefix("torch."), False) for n, p in model.named_parameters()
+        TensorSpec(n, tuple(p.shape), str(p.dtype).removeprefix("torch."), False)
+        for n, p in model.named_parameters()
+        if p.requires_grad
     ]
     buffers = [
         TensorSpec(n, tuple(b.shape), str(b.dtype).removeprefix("torch."), True) for n, b in model.named_buffers()
@@ -57,6 +61,7 @@ class FlatModel:
         self.values = torch.zeros(layout.total, dtype=torch.float32)
         self.grads = torch.zeros(layout.num_params, dtype=torch.float32)
         modules = dict(model.named_modules())
+        self.grad_views: list[tuple[nn.Parameter, torch.Tensor]] = []  # each parameter and its slot in `grads`
         offset = 0
         for spec in layout.tensors:
             owner_name, _, attr = spec.name.rpartition(".")
@@ -70,6 +75,7 @@ class FlatModel:
                 view.copy_(param.data)
                 param.data = view
                 param.grad = self.grads[offset : offset + spec.numel].view(spec.shape)
+                self.grad_views.append((param, param.grad))
             offset += spec.numel
 
     def install(self, block: Block, payload: torch.Tensor) -> None:
@@ -79,9 +85,23 @@ class FlatModel:
     def zero_grad(self) -> None:
         self.grads.zero_()
 
+    def gather_grads(self) -> None:
+        """Bring back into `grads` any gradient that no longer lives there: `zero_grad()` (set_to_none) or a
+        loop that assigns `.grad` makes backward allocate new tensors; their values are copied in."""
+        for param, view in self.grad_views:
+            grad = param.grad
+            if grad is not None and grad.data_ptr() == view.data_ptr():
+                continue
+            if grad is None:
+                view.zero_()
+            else:
+                view.copy_(grad)
+            param.grad = view
+
     def push_vector(self) -> torch.Tensor:
         """A fresh vector holding gradients in parameter slots and current values in buffer slots; fresh so
         that zero-copy sends of its slices can never see a later step's data."""
+        self.gather_grads()
         out = torch.empty(self.layout.total, dtype=torch.float32)
         n = self.layout.num_params
         out[:n].copy_(self.grads)

@@ -23,14 +23,16 @@ import zmq
 from torch.distributed import PrefixStore, TCPStore
 
 from ..config import Config, ConfigError, dump_config
-from ..report.summary import build_summary
+from ..errors import WeaksyncError
+from ..records.files import write_json
+from ..report.summary import summarize_run
 from ..stragglers.cgroup import CpuThrottle
 from ..training.workload import Workload, builtin_workload, seed_model_init
 from ..transport.messages import encode
 from ..transport.sockets import connect_dealer
 from .flat import model_layout
-from .resources import freeze_inherited_objects, write_json
-from .spec import RoleError, RoleSpec
+from .resources import freeze_inherited_objects
+from .spec import FINAL_MODEL, RoleError, RoleSpec, run_meta
 
 PRELOAD = [
     "torch",
@@ -45,7 +47,7 @@ PRELOAD = [
 ProgressCallback = Callable[[dict[str, Any]], None]
 
 
-class RunFailed(RuntimeError):
+class RunFailed(WeaksyncError, RuntimeError):
     """The run stopped early; the message says which process and why."""
 
 
@@ -61,14 +63,30 @@ class RunResult:
     run_dir: Path
     summary: dict[str, Any]
 
+    @property
+    def model_path(self) -> Path:
+        """The trained model: a standard state_dict, `model.load_state_dict(torch.load(path))`."""
+        return self.run_dir / FINAL_MODEL
+
+    def state_dict(self) -> dict[str, Any]:
+        """The trained model's state_dict (θ at the end of the run, as the evaluator measured it)."""
+        import torch
+
+        if not self.model_path.exists():
+            raise RunFailed(f"{self.model_path} is missing: the run ended before its final evaluation")
+        return torch.load(self.model_path)
+
 
 def _entry(spec: RoleSpec) -> None:
     freeze_inherited_objects()  # keep the forkserver's preloaded objects shared: a full gc would copy them
     from .evaluator import run_evaluator
+    from .script import run_script
     from .server import run_server
     from .worker import run_worker
 
     target = {"server": run_server, "worker": run_worker, "evaluator": run_evaluator}[spec.role]
+    if spec.script is not None:
+        target = run_script
     try:
         target(spec)
     except KeyboardInterrupt:
@@ -115,35 +133,23 @@ def prepare(config: Config, workload: Workload | None) -> tuple[Workload, dict[s
         layout = model_layout(workload.model_fn(), config.cluster.servers, config.cluster.blocks)
     except ValueError as exc:
         raise ConfigError(f"cluster.blocks: {exc}") from None
-    policy = config.policy(layout.num_blocks)
+    config.policy(layout.num_blocks)  # k, b against B
     if config.throttle:
         from ..stragglers.cgroup import available
 
         reason = available()
         if reason:
             raise ConfigError(f"throttle: {reason}")
-    meta = {
-        "mode": policy.mode,
-        "num_workers": policy.num_workers,
-        "num_servers": config.cluster.servers,
-        "num_blocks": layout.num_blocks,
-        "k": policy.k,
-        "b": policy.b,
-        "tau": policy.tau,
-        "grace": policy.grace,
-        "fold_repeats": policy.fold_repeats,
-        "push_deadline": policy.push_deadline,
-        "pull_deadline": policy.pull_deadline,
-        "ssp_slack": policy.ssp_slack,
-        "parameters": layout.num_params,
-        "theta_size": layout.total,
-        "layout_digest": layout.digest,
-        "model": config.model.name,
-        "data": config.data.name,
-        "batch_size": config.train.batch_size,
-        "steps_per_worker": config.train.steps,
-    }
-    return workload, meta
+    return workload, run_meta(config, layout)
+
+
+def check_script(path: str) -> None:
+    """A script to run must exist and be Python, before any process starts."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"script '{path}' does not exist: pass the path of your training script")
+    if p.suffix != ".py":
+        raise ConfigError(f"script '{path}' is not a .py file: pass a Python script that calls weaksync.connect")
 
 
 def make_run_dir(config: Config) -> Path:
@@ -174,7 +180,7 @@ def stop_processes(procs: dict[str, BaseProcess], grace: float) -> list[str]:
 
 def finish_run(run_dir: Path, config: Config, failure: str | None, killed: list[str], processes: int) -> RunResult:
     """Summarise a run that has ended; a failed one raises RunFailed with the reason on one line."""
-    summary = build_summary(run_dir, config.train.target_accuracy)
+    summary = summarize_run(run_dir, config)
     if failure:
         summary["failure"] = failure
         write_json(run_dir / "summary.json", summary)
@@ -184,12 +190,21 @@ def finish_run(run_dir: Path, config: Config, failure: str | None, killed: list[
     return RunResult(run_dir, summary)
 
 
+@dataclass(frozen=True)
+class Script:
+    """`weaksync run PATH ARGS...`: a user's script started in every role."""
+
+    path: str
+    argv: tuple[str, ...] = ()
+
+
 class LocalCluster:
     """The processes of one embedded run and the store they meet at."""
 
-    def __init__(self, config: Config, workload: Workload, run_dir: Path):
+    def __init__(self, config: Config, workload: Workload | None, run_dir: Path, script: Script | None = None):
         self.config = config
         self.workload = workload
+        self.script = script
         self.run_dir = run_dir
         self.run_id = run_dir.name
         self.store = TCPStore(
@@ -213,6 +228,8 @@ class LocalCluster:
             self.run_id,
             str(self.run_dir),
             watch_pid=os.getpid(),
+            script=self.script.path if self.script else None,
+            argv=self.script.argv if self.script else (),
         )
 
     def start(self) -> None:
@@ -270,13 +287,20 @@ def run_local(
     workload: Workload | None = None,
     on_progress: ProgressCallback | None = None,
     poll_interval: float = 0.25,
+    script: Script | None = None,
 ) -> RunResult:
-    """Train with the embedded cluster; returns the run directory and its summary, raises RunFailed."""
-    workload, meta = prepare(config, workload)
+    """Train with the embedded cluster, on a built-in or given workload or in a user's `script`; returns the
+    run directory and its summary, raises RunFailed."""
+    if script is None:
+        workload, meta = prepare(config, workload)
+    else:
+        check_script(script.path)
+        meta = None  # server 0 writes it: only the script builds the model
     run_dir = make_run_dir(config)
     (run_dir / "config.yaml").write_text(dump_config(config))
-    write_json(run_dir / "meta.json", meta)
-    cluster = LocalCluster(config, workload, run_dir)
+    if meta is not None:
+        write_json(run_dir / "meta.json", meta)
+    cluster = LocalCluster(config, workload, run_dir, script)
     failure: str | None = None
     try:
         cluster.start()

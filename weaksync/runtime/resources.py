@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import json
-import os
 import resource
-from pathlib import Path
-from typing import Any
 
 
 def peak_rss_bytes() -> int:
@@ -76,11 +72,3 @@ def freeze_inherited_objects() -> int:
     this first thing in a child, before it creates garbage of its own. Returns how many were frozen."""
     gc.freeze()
     return gc.get_freeze_count()
-
-
-def write_json(path: Path, doc: Any) -> None:
-    """Write atomically, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=1, default=str))
-    tmp.replace(path)

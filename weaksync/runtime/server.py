@@ -13,20 +13,22 @@ from collections import Counter, defaultdict, deque
 import numpy as np
 import torch
 import zmq
+from torch import nn
 from torch.distributed import Store
 
 from ..core.actions import Accept, Apply, Drop, Send
 from ..core.layout import BlockLayout
 from ..core.server import ServerCore
+from ..records.eventlog import EventLog, log_new_choices
+from ..records.files import write_json
 from ..stragglers.delays import delayer_for
 from ..training.optim import lr_function, momentum_function, optimizer_factory
 from ..training.workload import seed_model_init
 from ..transport.messages import BadMessage, Message, decode, encode, payload_problem
 from ..transport.sockets import bind_router, inbox_hwm
-from .eventlog import EventLog, log_new_choices
 from .flat import block_values, model_layout
 from .outbox import Outbox
-from .resources import memory_figures, return_large_frees_to_os, trim_heap, write_json
+from .resources import memory_figures, return_large_frees_to_os, trim_heap
 from .spec import RoleSpec, connect_store, install_stop_handlers, store_set_json, watch_parent
 
 LAUNCHER = b"launcher"
@@ -37,23 +39,17 @@ def worker_identity(worker: int) -> bytes:
     return f"w{worker}".encode()
 
 
-def build_initial_blocks(spec: RoleSpec) -> tuple[BlockLayout, dict[int, torch.Tensor]]:
-    """The layout and θ₀ of this server's blocks, identical on every rank: the model is built right after
-    seeding, and dropped (its memory given back) once its blocks are copied out."""
-    seed_model_init(spec.config.run.seed)
-    model = spec.workload.model_fn()
+def build_initial_blocks(spec: RoleSpec, model: nn.Module) -> tuple[BlockLayout, dict[int, torch.Tensor]]:
+    """The layout and θ₀ of this server's blocks (copies: the caller may drop the model afterwards)."""
     layout = model_layout(model, spec.config.cluster.servers, spec.config.cluster.blocks)
-    initial = block_values(model, layout, layout.blocks_of(spec.rank))
-    del model
-    trim_heap()
-    return layout, initial
+    return layout, block_values(model, layout, layout.blocks_of(spec.rank))
 
 
 class Server:
-    def __init__(self, spec: RoleSpec):
+    def __init__(self, spec: RoleSpec, model: nn.Module):
         cfg = spec.config
         self.spec = spec
-        self.layout, initial = build_initial_blocks(spec)
+        self.layout, initial = build_initial_blocks(spec, model)
         self.policy = cfg.policy(self.layout.num_blocks)
         self.core = ServerCore(self.policy, [b.index for b in self.layout.blocks_of(spec.rank)])
         from .blockstore import BlockStore
@@ -340,13 +336,28 @@ class Server:
 
 
 def run_server(spec: RoleSpec) -> bool:
-    """Entry point of a server process: bind, publish the endpoint, serve until told to stop.
-    Returns False when it was interrupted (SIGINT/SIGTERM) instead."""
+    """Entry point of a built-in server process: the workload's model, built right after seeding (so θ₀ is
+    the same on every rank) and dropped, its memory given back, once its blocks are copied out."""
+    seed_model_init(spec.config.run.seed)
+    model = spec.workload.model_fn()
+    server = Server(spec, model)
+    del model
+    trim_heap()
+    return serve(spec, server)
+
+
+def serve_server(spec: RoleSpec, model: nn.Module) -> bool:
+    """Serve the blocks of `model` that this rank owns (a user's script: `weaksync.connect` on a server rank)."""
+    return serve(spec, Server(spec, model))
+
+
+def serve(spec: RoleSpec, server: Server) -> bool:
+    """Bind, publish the endpoint, serve until told to stop. Returns False when it was interrupted
+    (SIGINT/SIGTERM) instead."""
     install_stop_handlers()
     return_large_frees_to_os()
     watch_parent(spec.watch_pid)
     torch.set_num_threads(spec.config.train.threads)
-    server = Server(spec)
     store = connect_store(spec)
     server.kv = store
     ctx = zmq.Context()

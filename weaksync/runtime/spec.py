@@ -15,10 +15,14 @@ from typing import Any
 from torch.distributed import PrefixStore, Store, TCPStore
 
 from ..config import Config
+from ..core.layout import BlockLayout
+from ..errors import WeaksyncError
 from ..training.workload import Workload
 
+FINAL_MODEL = "final_model.pt"  # the model's state_dict at the end of the run (the evaluator writes it)
 
-class RoleError(RuntimeError):
+
+class RoleError(WeaksyncError, RuntimeError):
     """A process cannot go on for a reason it can state in one line (refused, diverged, stalled);
     the launcher shows that line instead of a traceback."""
 
@@ -28,12 +32,14 @@ class RoleSpec:
     role: str  # "server" | "worker" | "evaluator"
     rank: int  # id within the role
     config: Config
-    workload: Workload
+    workload: Workload | None  # None: the process runs a user's script, which builds its own model
     store_host: str
     store_port: int
     run_id: str
     run_dir: str
     watch_pid: int | None = None  # exit if this process (the launcher) disappears
+    script: str | None = None  # `weaksync run SCRIPT`: run it in this role
+    argv: tuple[str, ...] = ()  # the script's own arguments
 
     @property
     def name(self) -> str:
@@ -82,3 +88,29 @@ def install_stop_handlers() -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+def run_meta(config: Config, layout: BlockLayout) -> dict[str, Any]:
+    """meta.json: what a run was, resolved (the mode's k, b, τ, the layout), for its summary and report."""
+    policy = config.policy(layout.num_blocks)
+    return {
+        "mode": policy.mode,
+        "num_workers": policy.num_workers,
+        "num_servers": config.cluster.servers,
+        "num_blocks": layout.num_blocks,
+        "k": policy.k,
+        "b": policy.b,
+        "tau": policy.tau,
+        "grace": policy.grace,
+        "fold_repeats": policy.fold_repeats,
+        "push_deadline": policy.push_deadline,
+        "pull_deadline": policy.pull_deadline,
+        "ssp_slack": policy.ssp_slack,
+        "parameters": layout.num_params,
+        "theta_size": layout.total,
+        "layout_digest": layout.digest,
+        "model": config.model.name,
+        "data": config.data.name,
+        "batch_size": config.train.batch_size,
+        "steps_per_worker": config.train.steps,
+    }

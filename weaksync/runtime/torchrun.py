@@ -21,12 +21,12 @@ from typing import Any
 
 from torch.distributed import TCPStore
 
-from ..config import Config, ConfigError, dump_config, load_config
-from .resources import write_json
+from ..config import Config, ConfigError, dump_config, load_config, parse_set_pairs
+from ..records.files import write_json
 from .spec import RoleSpec
 
 
-def _env_int(name: str) -> int:
+def env_int(name: str) -> int:
     value = os.environ.get(name)
     if value is None or not value.isdigit():
         raise ConfigError(f"environment variable {name} is missing: start this module with torchrun")
@@ -56,12 +56,12 @@ def assign_role(role: str, rank: int, world: int, config: Config, first_id: int 
     return role, first_id + rank
 
 
-def store_address(args: argparse.Namespace, role: str, rank: int, timeout: float) -> tuple[str, int, Any]:
+def store_address(store: str | None, role: str, rank: int, timeout: float) -> tuple[str, int, Any]:
     """Where the run meets: --store HOST:PORT (hosted by server 0) or the launch's own store."""
-    if args.store:
-        host, _, port = args.store.rpartition(":")
+    if store:
+        host, _, port = store.rpartition(":")
         if not host or not port.isdigit():
-            raise ConfigError(f"--store '{args.store}' must be HOST:PORT")
+            raise ConfigError(f"--store '{store}' must be HOST:PORT")
         keep = None
         if role == "server" and rank == 0:
             keep = TCPStore(
@@ -72,9 +72,9 @@ def store_address(args: argparse.Namespace, role: str, rank: int, timeout: float
                 timeout=timedelta(seconds=timeout),
             )
         return host, int(port), keep
-    host, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), _env_int("MASTER_PORT")
+    host, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), env_int("MASTER_PORT")
     keep = None
-    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" and _env_int("RANK") == 0:
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" and env_int("RANK") == 0:
         keep = TCPStore(host, port, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=timeout))
     return host, port, keep
 
@@ -99,14 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], help="section.field=value")
     args = parser.parse_args(argv)
     try:
-        from ..cli.main import _set_pairs
-
-        config = load_config(args.config, _set_pairs(args.set))
-        rank, world = _env_int("RANK"), _env_int("WORLD_SIZE")
+        config = load_config(args.config, parse_set_pairs(args.set))
+        rank, world = env_int("RANK"), env_int("WORLD_SIZE")
         if args.first_id is not None and args.role == "auto":
             raise ConfigError("--first-id needs --role server or --role worker")
         role, rid = assign_role(args.role, rank, world, config, args.first_id)
-        host, port, keep_store = store_address(args, role, rid, config.timeouts.connect)
+        host, port, keep_store = store_address(args.store, role, rid, config.timeouts.connect)
     except ConfigError as exc:
         print(f"weaksync: error: {exc}", file=sys.stderr)
         return 2
@@ -142,20 +140,20 @@ def main(argv: list[str] | None = None) -> int:
             if evaluator.is_alive():
                 evaluator.kill()
     if rid == 0:
-        _write_summary(run_dir, config, wait=finished)  # interrupted: the others are gone, do not wait
+        write_summary(run_dir, config, wait=finished)  # interrupted: the others are gone, do not wait
     del keep_store
     return 0
 
 
-def _write_summary(run_dir: Path, config: Config, wait: bool = True) -> None:
+def write_summary(run_dir: Path, config: Config, wait: bool = True) -> None:
     """Wait (bounded, when `wait`) for every process's figures, then summarise the run."""
-    from ..report.summary import build_summary
+    from ..report.summary import summarize_run
 
     expected = config.cluster.servers + config.cluster.workers
     deadline = time.monotonic() + (config.timeouts.shutdown if wait else 0.0)
     while len(list((run_dir / "procs").glob("*.json"))) < expected and time.monotonic() < deadline:
         time.sleep(0.2)
-    build_summary(run_dir, config.train.target_accuracy)
+    summarize_run(run_dir, config)
 
 
 if __name__ == "__main__":

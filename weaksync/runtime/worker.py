@@ -1,32 +1,41 @@
-"""Worker process: computes gradients on its data shard and talks to every server through a DEALER.
+"""Worker side of the protocol: a session the training loop calls at the two points where weaksync acts.
 
-The loop is the worker core's: install replies, wait for the pull quorum, compute one minibatch on the
-local θ (fresh and stale blocks mixed), push every block, request newer blocks.
+`wait()` installs replies until the pull quorum (b of B blocks fresh) is met; the loop then computes on the
+local θ (fresh and stale blocks mixed) with its own forward, loss and backward; `push()` sends every
+block's gradient and requests newer blocks. The built-in job (`run_worker`) is one such loop.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 import zmq
+from torch import nn
 from torch.distributed import Store
+from torch.utils.data import Dataset, Subset
 
-from ..core.worker import WorkerCore
+from ..config import Config
+from ..core.worker import StepPlan, WorkerCore
+from ..records.eventlog import EventLog, log_new_choices
+from ..records.files import write_json
 from ..stragglers.delays import delayer_for
 from ..training.data import BatchStream, shard_indices
 from ..training.workload import seed_model_init
 from ..transport.messages import BadMessage, decode, encode
 from ..transport.sockets import connect_dealer
-from .eventlog import EventLog, log_new_choices
 from .flat import FlatModel, model_layout
 from .outbox import Outbox
-from .resources import memory_figures, write_json
+from .resources import memory_figures
 from .spec import RoleError, RoleSpec, connect_store, install_stop_handlers, store_set_json, watch_parent
 
 
@@ -64,23 +73,26 @@ class LinkStats:
         }
 
 
-class Worker:
-    def __init__(self, spec: RoleSpec):
+class WorkerSession:
+    """One worker's connection to every server: its protocol core, sockets, heartbeat and figures.
+
+    Install order is the core's: blocks are installed only inside `wait()`, never while the loop computes,
+    so a forward and its backward always see one θ."""
+
+    def __init__(self, spec: RoleSpec, model: nn.Module):
         cfg = spec.config
         self.spec = spec
         self.id = spec.rank
-        seed_model_init(cfg.run.seed)
-        self.model = spec.workload.model_fn()
+        self.model = model
         self.layout = model_layout(self.model, cfg.cluster.servers, cfg.cluster.blocks)
         self.flat = FlatModel(self.model, self.layout)
         self.core = WorkerCore(self.id, cfg.policy(self.layout.num_blocks))
-        train, _ = spec.workload.data_fn()
-        shard = shard_indices(len(train), cfg.cluster.workers, self.id, cfg.run.seed)
-        self.batches = BatchStream(train, shard, cfg.train.batch_size, seed=cfg.run.seed * 7919 + self.id)
         self.log = EventLog(spec.path / "events" / f"{spec.name}.jsonl")
         self.traffic = Traffic()
         self.identity = f"w{self.id}".encode()
+        self.ctx: zmq.Context | None = None
         self.socks: list[zmq.Socket] = []
+        self.poller = zmq.Poller()
         self.step_times: list[float] = []
         self.recent_stale: deque[int] = deque(maxlen=20)
         rules, seed, servers = cfg.all_stragglers(), cfg.run.seed, cfg.cluster.servers
@@ -94,8 +106,40 @@ class Worker:
         self.links = [LinkStats() for _ in range(servers)]
         self.pull_sent: dict[int, float] = {}  # block -> when its outstanding pull left
         self.kv: Store | None = None  # set once connected; progress goes there for live display
+        self.cap = cfg.train.steps * cfg.cluster.workers  # the whole budget: a safety net, servers say "done" first
+        self.plan: StepPlan | None = None  # the step between wait() and push()
+        self.waited = 0.0
+        self.wait_from = 0.0
+        self.step_began = 0.0
+        self.last_progress = 0.0
+        self.beat_stop = threading.Event()
+        self.beat: threading.Thread | None = None
+        self.status = "done"  # what close() reports unless told otherwise (a loop may also stop early)
+        self.closed = False
 
     # -- connection ----------------------------------------------------------------------------------
+
+    def open(self) -> WorkerSession:
+        """Meet the run through its store, register with every server, start the heartbeat, pull θ₀."""
+        cfg = self.spec.config
+        self.kv = connect_store(self.spec)
+        endpoints = [self.kv.get(f"server/{s}").decode() for s in range(cfg.cluster.servers)]
+        self.ctx = zmq.Context()
+        self.connect(self.ctx, endpoints)
+        self.beat = threading.Thread(
+            target=heartbeat,
+            args=(self.ctx, endpoints, self.id, cfg.timeouts.heartbeat_interval, self.beat_stop),
+            name="heartbeat",
+            daemon=True,
+        )
+        self.beat.start()
+        self.log.write("start", w=self.id, pid=os.getpid(), blocks=self.layout.num_blocks, digest=self.layout.digest)
+        self.log.flush()
+        self.send_pulls(self.core.start(time.monotonic()))
+        for sock in self.socks:
+            self.poller.register(sock, zmq.POLLIN)
+        self.wait_from = time.monotonic()
+        return self
 
     def connect(self, ctx: zmq.Context, endpoints: list[str]) -> None:
         self.socks = [connect_dealer(ctx, ep, self.identity) for ep in endpoints]
@@ -119,57 +163,52 @@ class Worker:
                     if msg.kind == "welcome":
                         pending.discard(s)
 
-    # -- main loop -----------------------------------------------------------------------------------
+    # -- the two calls of a training step -------------------------------------------------------------
 
-    def run(self) -> None:
+    def wait(self) -> bool:
+        """Block until the pull quorum is met and its blocks are installed in the model; False once the run's
+        steps are done (leave the loop then). Gradients left in the model are cleared for the next step."""
+        if self.plan is not None:
+            raise RoleError("wait() called twice without push() between: call push() after each step's backward")
         cfg = self.spec.config
-        self.send_pulls(self.core.start(time.monotonic()))
-        poller = zmq.Poller()
-        for sock in self.socks:
-            poller.register(sock, zmq.POLLIN)
-        wait_from = time.monotonic()
-        last_progress = 0.0
-        cap = cfg.train.steps * cfg.cluster.workers  # the whole budget: a safety net, servers say "done" first
-        while not self.done and self.core.step < cap:
+        while True:
+            if self.done or self.core.step >= self.cap:
+                self.finish_sends()
+                return False
             self.outbox.flush(time.monotonic())
             self.drain()
             now = time.monotonic()
-            if not self.core.ready(now):
-                if now - wait_from > cfg.timeouts.progress:
-                    raise RoleError(
-                        f"worker {self.id} got no fresh block for {cfg.timeouts.progress:.0f}s "
-                        f"(timeouts.progress) at step {self.core.step}: a server is stuck or unreachable"
-                    )
-                due = [t for t in (self.core.deadline(), self.outbox.next_due()) if t is not None]
-                timeout = max(0.0, min([0.5, *(t - now for t in due)]))
-                poller.poll(int(timeout * 1000) + 1)
-                continue
-            waited = now - wait_from
-            self.step(waited)
-            wait_from = time.monotonic()
-            if wait_from - last_progress > 1.0:
-                self.publish_progress()
-                last_progress = wait_from
-        while (due := self.outbox.next_due()) is not None:  # delayed pushes still owed to the servers
-            time.sleep(max(0.0, due - time.monotonic()))
-            self.outbox.flush(time.monotonic())
-        self.publish_progress()
-
-    def step(self, waited: float) -> None:
-        t0 = time.time()
+            if self.core.ready(now):
+                break
+            if now - self.wait_from > cfg.timeouts.progress:
+                raise RoleError(
+                    f"worker {self.id} got no fresh block for {cfg.timeouts.progress:.0f}s "
+                    f"(timeouts.progress) at step {self.core.step}: a server is stuck or unreachable"
+                )
+            due = [t for t in (self.core.deadline(), self.outbox.next_due()) if t is not None]
+            timeout = max(0.0, min([0.5, *(t - now for t in due)]))
+            self.poller.poll(int(timeout * 1000) + 1)
+        self.waited = now - self.wait_from
         if self.first_step is None:
             self.first_step = time.monotonic()
-        plan = self.core.begin_step(time.monotonic())
-        x, y = next(self.batches)
-        self.model.train()
+        self.step_began = time.time()
+        self.plan = self.core.begin_step(time.monotonic())
         self.flat.zero_grad()
-        loss = self.spec.workload.loss_fn(self.model(x), y)
-        if not torch.isfinite(loss):
+        return True
+
+    def push(self, loss: torch.Tensor | float | None = None) -> None:
+        """Send this step's gradients (the model's `.grad`, after any clipping the loop did) for every block,
+        and request newer blocks. `loss` is only logged."""
+        plan = self.plan
+        if plan is None:
+            raise RoleError("push() called without wait(): call wait() before each step's forward pass")
+        value = float(loss.detach()) if isinstance(loss, torch.Tensor) else None if loss is None else float(loss)
+        if value is not None and not math.isfinite(value):
             raise RoleError(
-                f"training diverged: loss is {loss.item()} on worker {self.id} at step {plan.step}: "
+                f"training diverged: loss is {value} on worker {self.id} at step {plan.step}: "
                 "lower optim.lr or add optim.warmup_steps"
             )
-        loss.backward()
+        t0 = self.step_began
         vector = self.flat.push_vector()
         injected = (
             self.compute_delay.sample(plan.step, measured=time.time() - t0, elapsed=self.elapsed())
@@ -181,6 +220,7 @@ class Worker:
             time.sleep(injected)  # a synthetic straggler: compute took this much longer
         t1 = time.time()
         pushes, pulls = self.core.end_step(time.monotonic())
+        self.plan = None
         if len(self.core.choices) > self.logged_choices:
             self.logged_choices = log_new_choices(self.log, self.core.choices, self.logged_choices, w=self.id)
         push_bytes = 0
@@ -196,7 +236,6 @@ class Worker:
         self.traffic.push_bytes += push_bytes
         self.step_times.append(t1 - t0)
         self.recent_stale.append(len(plan.stale))
-        stale = sorted(plan.stale)
         self.log.write(
             "step",
             w=self.id,
@@ -205,17 +244,50 @@ class Worker:
             t_end=t1,
             t_push=time.time(),
             injected=injected,
-            wait=waited,
-            loss=loss.item(),
+            wait=self.waited,
+            loss=value,
             fresh=len(plan.fresh),
             b=self.core.b,
-            stale=stale,
+            stale=sorted(plan.stale),
             versions=list(plan.versions),
             push_bytes=push_bytes,
             push_msgs=len(pushes),
             pull_msgs=len(pulls),
-            epoch=self.batches.epoch,
         )
+        self.wait_from = time.monotonic()
+        if self.wait_from - self.last_progress > 1.0:
+            self.publish_progress()
+            self.last_progress = self.wait_from
+
+    def finish_sends(self) -> None:
+        """Deliver pushes an injected link delay still holds back."""
+        while (due := self.outbox.next_due()) is not None:
+            time.sleep(max(0.0, due - time.monotonic()))
+            self.outbox.flush(time.monotonic())
+
+    @property
+    def step(self) -> int:
+        """Steps this worker has pushed."""
+        return self.core.step
+
+    @property
+    def rank(self) -> int:
+        """This worker's id, 0 .. num_workers - 1 (for a DistributedSampler's `rank`)."""
+        return self.id
+
+    @property
+    def num_workers(self) -> int:
+        return self.spec.config.cluster.workers
+
+    @property
+    def config(self) -> Config:
+        """The run's configuration (batch size, steps, seed, ...)."""
+        return self.spec.config
+
+    def shard(self, dataset: Dataset) -> Subset:
+        """This worker's disjoint share of `dataset`, the same split as the built-in jobs use."""
+        cfg = self.spec.config
+        return Subset(dataset, shard_indices(len(dataset), cfg.cluster.workers, self.id, cfg.run.seed))
 
     def elapsed(self) -> float:
         return 0.0 if self.first_step is None else time.monotonic() - self.first_step
@@ -317,6 +389,35 @@ class Worker:
             "injected_seconds": float(self.injected_total),
         }
 
+    def close(self, status: str | None = None) -> None:
+        """Say goodbye to the servers, write this worker's figures and tell the run it is done."""
+        if self.closed:
+            return
+        self.closed = True
+        if status is not None:
+            self.status = status
+        self.beat_stop.set()
+        self.publish_progress()
+        for sock in self.socks:
+            try:
+                sock.send_multipart(encode("bye", w=self.id), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+        self.log.write("end", w=self.id, status=self.status, steps=self.core.step)
+        self.log.close()
+        write_json(self.spec.path / "procs" / f"{self.spec.name}.json", {**self.summary(), "status": self.status})
+        try:
+            if self.kv is not None:
+                self.kv.set(f"done/worker/{self.id}", self.status)
+        except Exception:  # the store may be gone when the whole run is being torn down
+            pass
+        if self.beat is not None and self.beat.is_alive():
+            self.beat.join(timeout=2)
+        for sock in self.socks:
+            sock.close(linger=200)  # give 'bye' a moment to leave
+        if self.ctx is not None:
+            self.ctx.term()
+
 
 def heartbeat(ctx: zmq.Context, endpoints: list[str], worker: int, interval: float, stop: threading.Event) -> None:
     """Tell servers this worker is alive while its main thread is busy in a long step."""
@@ -330,51 +431,52 @@ def heartbeat(ctx: zmq.Context, endpoints: list[str], worker: int, interval: flo
             sock.close(linger=0)
 
 
-def run_worker(spec: RoleSpec) -> None:
-    """Entry point of a worker process."""
+def open_session(spec: RoleSpec, model: nn.Module) -> WorkerSession:
+    """This process as a worker: stop handlers, the launcher watch, torch threads, then the open session.
+    An uncaught exception marks the session failed, so that its closing (at exit) says so."""
     install_stop_handlers()  # glibc's adaptive allocator stays: see return_large_frees_to_os
     watch_parent(spec.watch_pid)
     torch.set_num_threads(spec.config.train.threads)
-    worker = Worker(spec)
-    store = connect_store(spec)
-    worker.kv = store
-    endpoints = [store.get(f"server/{s}").decode() for s in range(spec.config.cluster.servers)]
-    ctx = zmq.Context()
-    stop = threading.Event()
-    beat = threading.Thread(
-        target=heartbeat,
-        args=(ctx, endpoints, worker.id, spec.config.timeouts.heartbeat_interval, stop),
-        name="heartbeat",
-        daemon=True,
-    )
+    session = WorkerSession(spec, model)
+    previous_hook = sys.excepthook
+
+    def mark_failed(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+        session.status = "interrupted" if issubclass(kind, KeyboardInterrupt) else "failed"
+        previous_hook(kind, exc, tb)
+
+    sys.excepthook = mark_failed
+    return session.open()
+
+
+def serve_worker(spec: RoleSpec, model: nn.Module, loop: Callable[[WorkerSession], None]) -> None:
+    """Run `loop` on an open session, and close the session however the loop ends."""
+    session = open_session(spec, model)
     status = "failed"
     try:
-        worker.connect(ctx, endpoints)
-        beat.start()
-        worker.log.write(
-            "start", w=worker.id, pid=os.getpid(), blocks=worker.layout.num_blocks, digest=worker.layout.digest
-        )
-        worker.log.flush()
-        worker.run()
+        loop(session)
         status = "done"
     except KeyboardInterrupt:
         status = "interrupted"
     finally:
-        stop.set()
-        for sock in worker.socks:
-            try:
-                sock.send_multipart(encode("bye", w=worker.id), zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
-        worker.log.write("end", w=worker.id, status=status, steps=worker.core.step)
-        worker.log.close()
-        write_json(spec.path / "procs" / f"{spec.name}.json", {**worker.summary(), "status": status})
-        try:
-            store.set(f"done/worker/{worker.id}", status)
-        except Exception:  # the store may be gone when the whole run is being torn down
-            pass
-        if beat.is_alive():
-            beat.join(timeout=2)
-        for sock in worker.socks:
-            sock.close(linger=200)  # give 'bye' a moment to leave
-        ctx.term()
+        session.close(status)
+
+
+def run_worker(spec: RoleSpec) -> None:
+    """Entry point of a built-in worker process: the workload's model, data and loss in the plain loop."""
+    cfg = spec.config
+    seed_model_init(cfg.run.seed)
+    model = spec.workload.model_fn()
+    train, _ = spec.workload.data_fn()
+    shard = shard_indices(len(train), cfg.cluster.workers, spec.rank, cfg.run.seed)
+    batches = BatchStream(train, shard, cfg.train.batch_size, seed=cfg.run.seed * 7919 + spec.rank)
+    loss_fn = spec.workload.loss_fn
+
+    def loop(ps: WorkerSession) -> None:
+        model.train()
+        while ps.wait():
+            x, y = next(batches)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            ps.push(loss.detach())
+
+    serve_worker(spec, model, loop)

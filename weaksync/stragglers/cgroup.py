@@ -10,11 +10,13 @@ import os
 import time
 from pathlib import Path
 
+from ..errors import WeaksyncError
+
 CPU_ROOT = Path("/sys/fs/cgroup/cpu")
 PERIOD_US = 10_000  # short periods spread the cap over every step, not one long stall per 100 ms
 
 
-class ThrottleError(RuntimeError):
+class ThrottleError(WeaksyncError, RuntimeError):
     """The machine does not allow CPU throttling; the message says why and what to do."""
 
 

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from ..errors import WeaksyncError
+
 DATASET_NAMES: tuple[str, ...] = ("digits", "synthetic-cifar", "cifar10", "imagefolder")
 
 IMAGE_FOLDER_SIZE = 32
@@ -25,7 +27,7 @@ CIFAR_TEST_FILE = "test_batch"
 _CIFAR_HINT = "download the CIFAR-10 python version and set data.dir to its cifar-10-batches-py folder"
 
 
-class DataError(ValueError):
+class DataError(WeaksyncError, ValueError):
     """Bad dataset name, path or file; the message names the problem and the fix on one line."""
 
 

@@ -16,11 +16,13 @@ import msgpack
 import numpy as np
 import torch
 
+from ..errors import WeaksyncError
+
 WIRE_DTYPE = np.float32
 MAX_HEADER_BYTES = 4096
 
 
-class BadMessage(ValueError):
+class BadMessage(WeaksyncError, ValueError):
     """A message that does not follow the wire format; never fatal to the receiver."""
 
 

@@ -36,6 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+try:
+    from ..errors import WeaksyncError
+except ImportError:  # loaded as a lone file (the crash test does, to stay free of torch): no package around it
+
+    class WeaksyncError(Exception):  # type: ignore[no-redef]
+        """Stands in for weaksync.errors.WeaksyncError when there is no package."""
+
 if TYPE_CHECKING:
     from ..config import Config
 
@@ -53,7 +60,7 @@ _UNIT = {"": 1, "bit": 1, "k": 10**3, "kbit": 10**3, "m": 10**6, "mbit": 10**6, 
 _NO_LIMIT = ("none", "off", "unlimited")
 
 
-class NetClusterError(RuntimeError):
+class NetClusterError(WeaksyncError, RuntimeError):
     """The cluster cannot be built or used here; the message is one line saying why and what to do."""
 
 

@@ -1,0 +1,46 @@
+"""θ holds only what the servers train: frozen parameters stay out of it, and a loop's own gradient habits
+(zero_grad with set_to_none, assigning .grad) still reach the flat push vector."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from weaksync.runtime.flat import FlatModel, model_layout
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    model[0].weight.requires_grad_(False)
+    return model
+
+
+def test_frozen_parameters_are_not_part_of_theta() -> None:
+    model = _model()
+    layout = model_layout(model, num_servers=1, num_blocks=1)
+    names = [t.name for t in layout.tensors]
+    assert "0.weight" not in names and "0.bias" in names and "1.running_mean" in names
+    assert layout.num_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = model[0].weight.detach().clone()
+    flat = FlatModel(model, layout)
+    flat.values.add_(1.0)  # every value the servers could send
+    assert torch.equal(model[0].weight, frozen), "a frozen parameter moved with θ"
+
+
+def test_gradients_reach_the_push_vector_after_set_to_none() -> None:
+    model = _model()
+    flat = FlatModel(model, model_layout(model, 1, 1))
+    x = torch.randn(8, 3)
+    model(x).sum().backward()
+    expected = flat.push_vector()[: flat.layout.num_params].clone()
+    flat.zero_grad()
+    model.zero_grad(set_to_none=True)  # what torch's default zero_grad does: backward allocates new tensors
+    model(x).sum().backward()
+    assert torch.equal(flat.push_vector()[: flat.layout.num_params], expected)
+    model[2].weight.grad = None  # a parameter without a gradient contributes zeros
+    got = flat.push_vector()
+    offset = sum(t.numel for t in flat.layout.tensors[: [t.name for t in flat.layout.tensors].index("2.weight")])
+    assert torch.count_nonzero(got[offset : offset + 8]) == 0
+    model(x).sum().backward()  # the slots are the gradients again: backward accumulates into them
+    assert torch.count_nonzero(flat.grads) > 0

@@ -1,0 +1,95 @@
+"""Which role this process plays in a user's script, and where its run meets.
+
+`weaksync run SCRIPT` starts the script once per role and hands each its role in the environment
+(`WEAKSYNC_*`); under `torchrun` the role comes from the rank (servers first, then workers, the last
+rank evaluates). `weaksync.connect` reads it here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, ConfigError, dump_config, load_config
+from .spec import RoleSpec
+
+ENV_ROLE, ENV_RANK, ENV_STORE = "WEAKSYNC_ROLE", "WEAKSYNC_RANK", "WEAKSYNC_STORE"
+ENV_RUN_DIR, ENV_WATCH = "WEAKSYNC_RUN_DIR", "WEAKSYNC_WATCH_PID"
+ROLES = ("server", "worker", "evaluator")
+_kept: list[Any] = []  # a torchrun rank 0's store must live as long as the process
+
+
+def role_environment(spec: RoleSpec) -> dict[str, str]:
+    """The variables `weaksync run` sets for one role of a script."""
+    env = {
+        ENV_ROLE: spec.role,
+        ENV_RANK: str(spec.rank),
+        ENV_STORE: f"{spec.store_host}:{spec.store_port}",
+        ENV_RUN_DIR: spec.run_dir,
+    }
+    if spec.watch_pid is not None:
+        env[ENV_WATCH] = str(spec.watch_pid)
+    return env
+
+
+def current_role() -> tuple[str, int] | None:
+    """(role, id within the role) of this process, or None outside `weaksync run` and torchrun."""
+    if ENV_ROLE in os.environ:
+        return os.environ[ENV_ROLE], int(os.environ.get(ENV_RANK, "0"))
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return None  # torchrun: known once the config (servers, workers) is
+    return None
+
+
+def spec_from_environment(config: Config | str | Path | None, overrides: dict[str, Any] | None) -> RoleSpec:
+    """The RoleSpec of this script process: from `weaksync run`'s variables, else from torchrun's."""
+    if ENV_ROLE in os.environ:
+        return _embedded_spec()
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return _torchrun_spec(config, overrides)
+    raise ConfigError(
+        "weaksync.connect: this process has no role: start the script with `weaksync run SCRIPT` "
+        "(embedded cluster) or with torchrun (one process per server, worker and the evaluator)"
+    )
+
+
+def _embedded_spec() -> RoleSpec:
+    role, rank = os.environ[ENV_ROLE], int(os.environ.get(ENV_RANK, "0"))
+    if role not in ROLES:
+        raise ConfigError(f"{ENV_ROLE}={role!r}: must be one of {', '.join(ROLES)}")
+    host, _, port = os.environ[ENV_STORE].rpartition(":")
+    run_dir = Path(os.environ[ENV_RUN_DIR])
+    config = load_config(run_dir / "config.yaml")
+    watch = os.environ.get(ENV_WATCH)
+    return RoleSpec(
+        role, rank, config, None, host, int(port), run_dir.name, str(run_dir), int(watch) if watch else None
+    )
+
+
+def _torchrun_spec(config: Config | str | Path | None, overrides: dict[str, Any] | None) -> RoleSpec:
+    from .torchrun import env_int, store_address
+
+    cfg = config if isinstance(config, Config) else load_config(config, overrides)
+    rank, world = env_int("RANK"), env_int("WORLD_SIZE")
+    servers, workers = cfg.cluster.servers, cfg.cluster.workers
+    if world != servers + workers + 1:
+        raise ConfigError(
+            f"torchrun started {world} processes but a script needs cluster.servers + cluster.workers + 1 "
+            f"(the evaluator) = {servers + workers + 1}: set --nproc-per-node × --nnodes to that"
+        )
+    if rank < servers:
+        role, rid = "server", rank
+    elif rank < servers + workers:
+        role, rid = "worker", rank - servers
+    else:
+        role, rid = "evaluator", 0
+    host, port, keep = store_address(None, role, rid, cfg.timeouts.connect)
+    if keep is not None:
+        _kept.append(keep)
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID") or "torchrun"
+    run_dir = Path(cfg.run.out_dir) / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if role == "server" and rid == 0:
+        (run_dir / "config.yaml").write_text(dump_config(cfg))
+    return RoleSpec(role, rid, cfg, None, host, port, run_id, str(run_dir), watch_pid=os.getppid())
