@@ -43,6 +43,7 @@ except ImportError:  # loaded as a lone file (the crash test does, to stay free 
     class WeaksyncError(Exception):  # type: ignore[no-redef]
         """Stands in for weaksync.errors.WeaksyncError when there is no package."""
 
+
 if TYPE_CHECKING:
     from ..config import Config
 
