@@ -324,3 +324,26 @@ def test_no_weighting_gives_everyone_one() -> None:
     core.on_push(0, 0, 0, 0, 0.0)
     assert of(Apply, core.on_push(1, 0, 0, 0, 0.0))
     assert core.on_push(0, 0, 0, 1, 0.0) == [Accept(0, 0, 0, 1, 1.0)]  # staleness 1, weight still 1
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------
+
+
+def test_a_restored_core_goes_on_with_the_versions_and_worker_steps_it_had() -> None:
+    core = server("async", n=2, nb=2, blocks=(0, 1))
+    advance(core, 0, 3)
+    advance(core, 1, 1, worker=1)
+    doc = core.checkpoint()
+    fresh = server("async", n=2, nb=2, blocks=(0, 1))
+    fresh.restore(doc)
+    assert (fresh.version(0), fresh.version(1)) == (3, 1)
+    assert fresh.steps_done() == core.steps_done() > 0 and fresh.updates == core.updates
+    assert of(Send, fresh.on_pull(0, 0, 2, 0, 0.0)) == [Send(0, 0, 3)]  # a pull for newer than 2 is served at once
+    v = fresh.version(0)
+    assert of(Apply, fresh.on_push(1, 0, v, v, 0.0))[0].version == 4  # versions only grow
+
+
+def test_a_checkpoint_of_other_blocks_is_refused() -> None:
+    doc = server(blocks=(0,)).checkpoint()
+    with pytest.raises(ValueError, match="owns"):
+        server(blocks=(1,)).restore(doc)

@@ -32,6 +32,13 @@ class RunSection(_Section):
     name: str | None = Field(None, description="run directory name (default: <time>-<mode>)")
     out_dir: str = Field("runs", description="parent folder of run directories")
     seed: int = 0
+    resume: str | None = Field(None, description="a stopped run's directory: servers restore its checkpoints")
+
+
+class CheckpointSection(_Section):
+    interval: float | None = Field(
+        5.0, gt=0, description="seconds between server checkpoints (θ, optimizer, versions, worker steps); null: none"
+    )
 
 
 class ClusterSection(_Section):
@@ -155,6 +162,7 @@ class Config(_Section):
     train: TrainSection = Field(default_factory=TrainSection)
     optim: OptimSection = Field(default_factory=OptimSection)
     timeouts: TimeoutSection = Field(default_factory=TimeoutSection)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     scenario: str | None = Field(None, description="a shipped straggler scenario name or a YAML path")
     stragglers: list[StragglerRule] = Field(default_factory=list, description="synthetic delay rules")
     throttle: dict[str, float] = Field(

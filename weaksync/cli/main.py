@@ -71,6 +71,7 @@ def train(
     throttle: list[str] = typer.Option([], "--throttle", help="real CPU limit: worker-1=0.25 (repeatable, root)"),
     set_: list[str] = typer.Option([], "--set", help="any config field: section.field=value (repeatable)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no live progress"),
+    resume: Path | None = typer.Option(None, "--resume", help="continue a stopped run from its checkpoints"),
 ) -> None:
     """Train on the embedded cluster: S servers, N workers and an evaluator on this machine."""
     overrides = {
@@ -97,6 +98,11 @@ def train(
         "throttle": _throttles(throttle),
         **parse_set_pairs(set_),
     }
+    if resume is not None:
+        from ..runtime.launcher import resume_config
+
+        _launch(resume_config(resume, overrides), quiet)
+        return
     _launch(load_config(config, overrides), quiet)
 
 

@@ -10,6 +10,7 @@ import statistics
 from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .actions import Accept, Apply, Drop, Send, ServerAction
 from .auto import Choice, QuorumTuner, staleness_bound
@@ -193,6 +194,28 @@ class ServerCore:
         if self.policy.ssp_slack is not None:
             actions += self._release_parked()
         return actions
+
+    def checkpoint(self) -> dict[str, Any]:
+        """The protocol state a restarted server needs: each block's version and each worker's steps (so
+        the run's budget, SSP and the LR schedule go on where they were). Rounds in progress are not kept:
+        their gradients are lost, at most one round per block."""
+        return {
+            "versions": {j: state.version for j, state in self.blocks.items()},
+            "clocks": dict(self.clocks),
+            "updates": self.updates,
+        }
+
+    def restore(self, doc: dict[str, Any]) -> None:
+        """Take over a checkpoint of this server's blocks (before any worker registered)."""
+        versions = {int(j): int(v) for j, v in doc["versions"].items()}
+        if set(versions) != set(self.blocks):
+            raise ValueError(f"checkpoint holds blocks {sorted(versions)}, this server owns {sorted(self.blocks)}")
+        for j, version in versions.items():
+            self.blocks[j].version = version
+        for w, clock in doc["clocks"].items():
+            if int(w) in self.clocks:
+                self.clocks[int(w)] = int(clock)
+        self.updates = int(doc.get("updates", 0))
 
     def worker_joined(self, worker: int) -> None:
         """A (re)started worker takes part again from the slowest clock, so SSP does not wait for it."""

@@ -55,6 +55,12 @@ class WorkerCore:
         """Every change of b so far (auto), with the figures that decided it."""
         return self.tuner.choices if self.tuner else []
 
+    def resume_at(self, step: int) -> None:
+        """A resumed run: this worker had completed `step` steps (its servers' checkpoint says so)."""
+        if self.plan is not None or self.step:
+            raise ValueError("resume_at: only before the first step")
+        self.step = max(0, step)
+
     def start(self, now: float) -> list[PullRequest]:
         """Pull every block in full: all workers start from the servers' θ₀."""
         self.wait_started = now

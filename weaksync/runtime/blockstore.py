@@ -5,6 +5,7 @@ It performs what the server core decides (Accept, Apply); it never decides anyth
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -81,6 +82,25 @@ class BlockStore:
         acc.zero_()
         self.weight_sum[j] = 0.0
         self.values[j] = values
+
+    def state(self) -> dict:
+        """Values and optimizer state of every block, by reference: serialise it before the next update
+        (optimizer state such as momentum is updated in place; values are never written once published)."""
+        return {
+            "values": dict(self.values),
+            "optimizers": {j: opt.state_dict() for j, opt in self.optimizers.items()},
+        }
+
+    def load(self, state: dict) -> None:
+        """Take over a checkpoint's values and optimizer state."""
+        for j, values in state["values"].items():
+            if values.numel() != self.blocks[j].size:
+                raise ValueError(f"checkpoint block {j} has {values.numel()} values, the layout {self.blocks[j].size}")
+            self.values[j] = values.clone()
+            if j in self.params:
+                self.params[j].data = self.values[j][: self.blocks[j].num_params]
+        for j, opt_state in state["optimizers"].items():
+            self.optimizers[j].load_state_dict(copy.deepcopy(opt_state))  # it would share the tensors given
 
     def snapshot(self, block: int) -> torch.Tensor:
         """The block's current version, to send as is: never written again (see `apply`)."""

@@ -22,7 +22,7 @@ from typing import Any
 import zmq
 from torch.distributed import PrefixStore, TCPStore
 
-from ..config import Config, ConfigError, dump_config
+from ..config import Config, ConfigError, dump_config, load_config
 from ..errors import WeaksyncError
 from ..records.files import write_json
 from ..report.summary import summarize_run
@@ -32,7 +32,7 @@ from ..transport.messages import encode
 from ..transport.sockets import connect_dealer
 from .flat import model_layout
 from .resources import freeze_inherited_objects
-from .spec import FINAL_MODEL, RoleError, RoleSpec, run_meta
+from .spec import FINAL_MODEL, RoleError, RoleSpec, checkpoint_file, run_meta
 
 PRELOAD = [
     "torch",
@@ -134,6 +134,7 @@ def prepare(config: Config, workload: Workload | None) -> tuple[Workload, dict[s
     except ValueError as exc:
         raise ConfigError(f"cluster.blocks: {exc}") from None
     config.policy(layout.num_blocks)  # k, b against B
+    check_resume(config)
     if config.throttle:
         from ..stragglers.cgroup import available
 
@@ -141,6 +142,31 @@ def prepare(config: Config, workload: Workload | None) -> tuple[Workload, dict[s
         if reason:
             raise ConfigError(f"throttle: {reason}")
     return workload, run_meta(config, layout)
+
+
+def check_resume(config: Config) -> None:
+    """A run to resume must have a checkpoint of every server."""
+    if config.run.resume is None:
+        return
+    run_dir = Path(config.run.resume)
+    missing = [s for s in range(config.cluster.servers) if not checkpoint_file(run_dir, s).is_file()]
+    if missing:
+        raise ConfigError(
+            f"run.resume: '{run_dir}' has no checkpoint of server(s) {missing}: pass a run directory whose "
+            "servers checkpointed (checkpoint.interval), with the same cluster.servers"
+        )
+
+
+def resume_config(run_dir: Path, overrides: dict[str, Any] | None = None) -> Config:
+    """The configuration of a stopped run, to continue it from its checkpoints in a new run directory."""
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"--resume: '{run_dir}' is not a run directory (no config.yaml): pass a folder under runs/")
+    previous = load_config(run_dir / "config.yaml")
+    name = f"{run_dir.name}-resumed" if previous.run.name else None
+    return load_config(
+        run_dir / "config.yaml",
+        {"run.name": name, **{k: v for k, v in (overrides or {}).items() if v is not None}, "run.resume": str(run_dir)},
+    )
 
 
 def check_script(path: str) -> None:

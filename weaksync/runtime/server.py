@@ -7,8 +7,10 @@ check, decode and validate each message, feed the core, perform its actions.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections import Counter, defaultdict, deque
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,7 +31,15 @@ from ..transport.sockets import bind_router, inbox_hwm
 from .flat import block_values, model_layout
 from .outbox import Outbox
 from .resources import memory_figures, return_large_frees_to_os, trim_heap
-from .spec import RoleSpec, connect_store, install_stop_handlers, store_set_json, watch_parent
+from .spec import (
+    RoleError,
+    RoleSpec,
+    checkpoint_file,
+    connect_store,
+    install_stop_handlers,
+    store_set_json,
+    watch_parent,
+)
 
 LAUNCHER = b"launcher"
 EVALUATOR = b"evaluator"
@@ -85,6 +95,45 @@ class Server:
         self.budget = cfg.cluster.workers * cfg.train.steps  # worker steps of the whole run
         self.budget_spent = False
         self.push_delays: dict[int, deque[float]] = defaultdict(lambda: deque(maxlen=20000))
+        self.last_checkpoint = time.monotonic()
+        self.checkpoints = 0
+        if cfg.run.resume:
+            self.restore(Path(cfg.run.resume))
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+
+    def checkpoint_path(self, run_dir: Path) -> Path:
+        return checkpoint_file(run_dir, self.spec.rank)
+
+    def save_checkpoint(self) -> None:
+        """θ of this server's blocks, their optimizer state, versions and the workers' steps, written
+        atomically (a reader or a crash never sees half a file)."""
+        path = self.checkpoint_path(self.spec.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"digest": self.layout.digest, "core": self.core.checkpoint(), "blocks": self.blockstore.state()}
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(doc, tmp)
+        tmp.replace(path)
+        self.checkpoints += 1
+        self.last_checkpoint = time.monotonic()
+
+    def maybe_checkpoint(self, now: float) -> None:
+        interval = self.spec.config.checkpoint.interval
+        if interval is not None and now - self.last_checkpoint >= interval:
+            self.save_checkpoint()
+            self.log.write("checkpoint", s=self.spec.rank, t=time.time(), updates=self.core.updates)
+
+    def restore(self, run_dir: Path) -> None:
+        path = self.checkpoint_path(run_dir)
+        doc = torch.load(path, weights_only=False)
+        if doc["digest"] != self.layout.digest:
+            raise RoleError(
+                f"checkpoint {path} was written for layout {doc['digest']}, this run has {self.layout.digest}: "
+                "resume with the same model, cluster.servers and cluster.blocks"
+            )
+        self.core.restore(doc["core"])
+        self.blockstore.load(doc["blocks"])
+        self.log.write("restored", s=self.spec.rank, t=time.time(), path=str(path), updates=self.core.updates)
 
     def serve(self, sock: zmq.Socket) -> None:
         poller = zmq.Poller()
@@ -110,6 +159,7 @@ class Server:
                 self.publish_progress()
                 last_publish = now
             self.perform(sock, self.core.on_timer(now))
+            self.maybe_checkpoint(now)
             self.expire_silent(sock, now)
             if self.core.live or not self.registered:
                 all_gone_since = None
@@ -201,7 +251,8 @@ class Server:
             self.core.worker_joined(worker)
         self.registered.add(worker)
         self.log.write("hello", s=self.spec.rank, w=worker, pid=msg["pid"])
-        sock.send_multipart([identity, *encode("welcome", s=self.spec.rank, digest=self.layout.digest)])
+        clock = self.core.clocks[worker]  # a resumed run: the worker goes on from the steps it had done
+        sock.send_multipart([identity, *encode("welcome", s=self.spec.rank, digest=self.layout.digest, clock=clock)])
 
     def perform(self, sock: zmq.Socket, actions: list, msg: Message | None = None) -> None:
         if len(self.core.choices) > self.logged_choices:
@@ -376,6 +427,14 @@ def serve(spec: RoleSpec, server: Server) -> bool:
         server.log.write("interrupted", s=spec.rank)
         return False
     finally:
+        # the launcher's SIGTERM that follows a Ctrl-C must not cut the last checkpoint or the figures short:
+        # from here the process only finishes (if it hangs, the launcher's SIGKILL after the grace ends it)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        if spec.config.checkpoint.interval is not None:
+            try:
+                server.save_checkpoint()  # the state at the stop: a resumed run loses nothing of it
+            except OSError as exc:
+                server.log.write("checkpoint-failed", s=spec.rank, error=str(exc))
         server.log.write("end", s=spec.rank)
         server.log.close()
         write_json(spec.path / "procs" / f"{spec.name}.json", server.summary())

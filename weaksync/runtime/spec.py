@@ -22,6 +22,11 @@ from ..training.workload import Workload
 FINAL_MODEL = "final_model.pt"  # the model's state_dict at the end of the run (the evaluator writes it)
 
 
+def checkpoint_file(run_dir: Path, server: int) -> Path:
+    """Where server `server` of a run keeps its latest checkpoint."""
+    return Path(run_dir) / "checkpoints" / f"server-{server}.pt"
+
+
 class RoleError(WeaksyncError, RuntimeError):
     """A process cannot go on for a reason it can state in one line (refused, diverged, stalled);
     the launcher shows that line instead of a traceback."""

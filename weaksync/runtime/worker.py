@@ -146,6 +146,7 @@ class WorkerSession:
         for sock in self.socks:
             sock.send_multipart(encode("hello", w=self.id, digest=self.layout.digest, pid=os.getpid()))
         pending = set(range(len(self.socks)))
+        clock = 0
         left_total = self.spec.config.timeouts.connect
         deadline = time.monotonic() + left_total
         while pending:
@@ -162,6 +163,9 @@ class WorkerSession:
                         raise RegistrationError(f"server {s} refused worker {self.id}: {msg['reason']}")
                     if msg.kind == "welcome":
                         pending.discard(s)
+                        clock = max(clock, int(msg.fields.get("clock", 0)))
+        if clock:
+            self.core.resume_at(clock)  # a resumed run: the step count (and the data position) goes on
 
     # -- the two calls of a training step -------------------------------------------------------------
 
@@ -473,6 +477,8 @@ def run_worker(spec: RoleSpec) -> None:
 
     def loop(ps: WorkerSession) -> None:
         model.train()
+        for _ in range(ps.step):  # a resumed run: the data position goes on where this worker was
+            next(batches)
         while ps.wait():
             x, y = next(batches)
             loss = loss_fn(model(x), y)

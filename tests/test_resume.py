@@ -1,0 +1,56 @@
+"""A stopped run continues from its servers' checkpoints (`weaksync train --resume RUN_DIR`): the step
+budget, versions, optimizer state and data position go on, and it ends where an unstopped run ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import events, only_run_dir, small_config, wait_for, weaksync_cli
+
+from weaksync.config import ConfigError
+from weaksync.runtime.launcher import resume_config, run_local
+from weaksync.runtime.spec import checkpoint_file
+
+pytestmark = pytest.mark.e2e
+
+STEPS = 400  # per worker: the stopped run is cut at about a third of it
+
+
+def test_a_stopped_run_resumes_to_the_same_accuracy(tmp_path: Path) -> None:
+    stopped_dir = tmp_path / "stopped"
+    proc = weaksync_cli(
+        "train", "--mode", "bsp", "--steps", str(STEPS), "--quiet", "--out-dir", str(stopped_dir),
+        "--set", "checkpoint.interval=0.5", "--set", "train.eval_interval=0.5",
+    )  # fmt: skip
+    steps = lambda: sum(1 for e in events(only_run_dir(stopped_dir), "worker-0") if e["ev"] == "step")  # noqa: E731
+    wait_for(lambda: proc.poll() is not None or steps() >= STEPS // 3, 90, "a third of the steps")
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=60)
+    run_dir = only_run_dir(stopped_dir)
+    done = [torch.load(checkpoint_file(run_dir, s), weights_only=False)["core"]["clocks"] for s in (0, 1)]
+    total = max(sum(clocks.values()) for clocks in done)  # servers checkpoint on their own; workers go on
+    # from the most steps any server saw
+    assert 0 < total < 4 * STEPS, "the stop came after the end: nothing left to resume"
+
+    resumed = run_local(resume_config(run_dir, {"run.out_dir": str(tmp_path / "resumed")})).summary
+    assert resumed["worker_status"] == {str(w): "done" for w in range(4)}
+    assert abs(resumed["steps"] - (4 * STEPS - total)) <= 8, (resumed["steps"], total)  # only what was left
+    first = min(e["step"] for e in events(only_run_dir(tmp_path / "resumed"), "worker-0") if e["ev"] == "step")
+    assert first == max(clocks[0] for clocks in done), "worker 0 did not go on from its own step count"
+
+    reference = run_local(small_config(tmp_path / "reference", **{"sync.mode": "bsp", "train.steps": STEPS})).summary
+    assert abs(resumed["final_accuracy"] - reference["final_accuracy"]) <= 0.01, (resumed, reference)
+
+
+def test_resume_needs_a_checkpoint_of_every_server(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not a run directory"):
+        resume_config(tmp_path)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("cluster: {servers: 2}\n")
+    with pytest.raises(ConfigError, match=r"no checkpoint of server\(s\) \[0, 1\]"):
+        run_local(resume_config(run_dir))
