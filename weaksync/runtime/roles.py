@@ -34,11 +34,10 @@ def role_environment(spec: RoleSpec) -> dict[str, str]:
 
 
 def current_role() -> tuple[str, int] | None:
-    """(role, id within the role) of this process, or None outside `weaksync run` and torchrun."""
+    """(role, id within the role) of a process of `weaksync run`, else None (under torchrun the role
+    depends on the config's server and worker counts, known only inside `connect`)."""
     if ENV_ROLE in os.environ:
         return os.environ[ENV_ROLE], int(os.environ.get(ENV_RANK, "0"))
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return None  # torchrun: known once the config (servers, workers) is
     return None
 
 
