@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -68,27 +67,25 @@ def test_examples_train_in_every_mode(tmp_path: Path, mode: str) -> None:
     assert reg.summary["num_blocks"] >= 2 and "script" in json.loads((reg.run_dir / "meta.json").read_text())
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
-                    reason="torchrun is not installed beside this Python")  # fmt: skip
-@pytest.mark.parametrize("mode", ["auto"])
-def test_own_loop_runs_under_torchrun(tmp_path: Path, mode: str) -> None:
-    """The same script, one process per server, worker and the evaluator: roles from ranks."""
-    torchrun = str(Path(sys.executable).parent / "torchrun")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+@pytest.mark.skipif(not (Path(sys.executable).parent / "torchrun").exists(), reason="no torchrun beside this Python")
+@pytest.mark.parametrize(("name", "mode", "metric"), [("own_loop", "auto", "accuracy"), ("regression", "async", "mse")])
+def test_examples_run_under_torchrun(tmp_path: Path, name: str, mode: str, metric: str) -> None:
+    """The same scripts, one process per server, worker and the evaluator: roles from ranks."""
     config = tmp_path / "run.yaml"
     config.write_text(f"sync: {{mode: {mode}}}\ntrain: {{steps: 100}}\nrun: {{out_dir: {tmp_path / 'runs'}}}\n")
-    script = tmp_path / "own_loop_torchrun.py"
-    source = (ROOT / "examples" / "own_loop.py").read_text()
-    script.write_text(
-        source.replace('metric="accuracy", target=0.95)', f'metric="accuracy", target=0.95, config={str(config)!r})')
-    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WEAKSYNC_CONFIG": str(config)}
+    torchrun = str(Path(sys.executable).parent / "torchrun")
     proc = subprocess.run(
-        [torchrun, "--standalone", "--nproc-per-node", "7", str(script)],
+        [torchrun, "--standalone", "--nproc-per-node", "7", str(ROOT / "examples" / f"{name}.py")],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run_dir,) = (tmp_path / "runs").iterdir()
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["mode"] == mode and s["worker_status"] == {str(w): "done" for w in range(4)}
-    assert s["final_accuracy"] >= 0.7, s["final_accuracy"]
+    assert s["metric"]["name"] == metric and s["metric"]["final"] is not None
+    if metric == "accuracy":
+        assert s["final_accuracy"] >= 0.7, s["final_accuracy"]
+    else:
+        assert s["metric"]["final"] < 0.3, s["metric"]
     assert (run_dir / FINAL_MODEL).exists()

@@ -40,7 +40,8 @@ def connect(
       ends with the run), so the training loop runs on workers only.
     `metric` names the figure of `evaluate` that time-to-target follows (`goal` "min" for a loss) and
     `target` its threshold; without them, train.metric / .goal / .target apply.
-    `config`/`overrides` configure a torchrun launch; under `weaksync run` its flags are the configuration.
+    `config`/`overrides` (or the WEAKSYNC_CONFIG variable) configure a torchrun launch; under `weaksync run`
+    its flags are the configuration.
     """
     wanted = MetricTarget(metric, goal, target) if metric is not None else None
     return _connect(model, evaluate, wanted, config, overrides)

@@ -16,6 +16,7 @@ from .spec import RoleSpec
 
 ENV_ROLE, ENV_RANK, ENV_STORE = "WEAKSYNC_ROLE", "WEAKSYNC_RANK", "WEAKSYNC_STORE"
 ENV_RUN_DIR, ENV_WATCH = "WEAKSYNC_RUN_DIR", "WEAKSYNC_WATCH_PID"
+ENV_CONFIG = "WEAKSYNC_CONFIG"  # torchrun: a YAML config for a script that names none itself
 ROLES = ("server", "worker", "evaluator")
 _kept: list[Any] = []  # a torchrun rank 0's store must live as long as the process
 
@@ -69,6 +70,8 @@ def _embedded_spec() -> RoleSpec:
 def _torchrun_spec(config: Config | str | Path | None, overrides: dict[str, Any] | None) -> RoleSpec:
     from .torchrun import env_int, store_address
 
+    if config is None:
+        config = os.environ.get(ENV_CONFIG)
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
     rank, world = env_int("RANK"), env_int("WORLD_SIZE")
     servers, workers = cfg.cluster.servers, cfg.cluster.workers
