@@ -85,4 +85,19 @@ DROP_REASONS = (
     "malformed",  # wrong shape/dtype/non-finite payload (detail in the log)
 )
 
-ServerAction = Accept | Drop | Apply | Send
+
+@dataclass(frozen=True)
+class EndRun:
+    """The run's step budget is spent (`steps` worker steps, whoever did them): tell every worker it is done."""
+
+    steps: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    """Answer a pull after the end of the run: this worker is done."""
+
+    worker: int
+
+
+ServerAction = Accept | Drop | Apply | Send | EndRun | Finished

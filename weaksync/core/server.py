@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .actions import Accept, Apply, Drop, Send, ServerAction
+from .actions import Accept, Apply, Drop, EndRun, Finished, Send, ServerAction
 from .auto import Choice, QuorumTuner, staleness_bound
 from .policy import GRACE_HISTORY, SyncPolicy, within_staleness
 
@@ -45,8 +45,10 @@ class _BlockState:
 class ServerCore:
     """The blocks one server owns, and the rules of DESIGN.md §2 for them."""
 
-    def __init__(self, policy: SyncPolicy, blocks: Iterable[int]):
+    def __init__(self, policy: SyncPolicy, blocks: Iterable[int], budget: int | None = None):
         self.policy = policy
+        self.budget = budget  # worker steps of the whole run (None: no end but the driver's)
+        self.ended = False
         self.blocks: dict[int, _BlockState] = {j: _BlockState() for j in blocks}
         self.live: set[int] = set(range(policy.num_workers))
         self.clocks: dict[int, int] = {w: 0 for w in self.live}
@@ -118,7 +120,16 @@ class ServerCore:
         problem: str | None = None,
     ) -> list[ServerAction]:
         """A gradient for `block` computed from version `base`; `problem` is the driver's verdict on the payload
-        (None when shape, dtype and values are fine)."""
+        (None when shape, dtype and values are fine). Ends the run (EndRun, once) when the step budget is spent."""
+        actions = self._on_push(worker, block, base, step, now, problem)
+        if not self.ended and self.budget is not None and self.steps_done() >= self.budget:
+            self.ended = True  # every worker stops: the run's steps are done, whoever did them
+            actions.append(EndRun(self.steps_done()))
+        return actions
+
+    def _on_push(
+        self, worker: int, block: int, base: int, step: int, now: float, problem: str | None
+    ) -> list[ServerAction]:
         state = self.blocks.get(block)
         version = state.version if state else -1
         reason = self._push_problem(worker, block, base, state, problem)
@@ -152,11 +163,14 @@ class ServerCore:
         return actions
 
     def on_pull(self, worker: int, block: int, want_gt: int, clock: int, now: float) -> list[ServerAction]:
-        """A request for `block` once newer than `want_gt`; answered now or parked until it is."""
+        """A request for `block` once newer than `want_gt`; answered now or parked until it is, or, once the
+        run has ended, with Finished."""
         state = self.blocks.get(block)
         if state is None or worker not in self.clocks:
             reason = "unknown-block" if state is None else "unknown-worker"
             return [self._drop(worker, block, want_gt, state.version if state else -1, reason)]
+        if self.ended:
+            return [Finished(worker)]
         actions: list[ServerAction] = []
         actions += self._advance_clock(worker, clock)
         if self._servable(worker, state, want_gt):

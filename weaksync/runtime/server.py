@@ -18,7 +18,7 @@ import zmq
 from torch import nn
 from torch.distributed import Store
 
-from ..core.actions import Accept, Apply, Drop, Send
+from ..core.actions import Accept, Apply, Drop, EndRun, Finished, Send
 from ..core.layout import BlockLayout
 from ..core.server import ServerCore
 from ..records.eventlog import EventLog, log_new_choices
@@ -61,7 +61,8 @@ class Server:
         self.spec = spec
         self.layout, initial = build_initial_blocks(spec, model)
         self.policy = cfg.policy(self.layout.num_blocks)
-        self.core = ServerCore(self.policy, [b.index for b in self.layout.blocks_of(spec.rank)])
+        budget = cfg.cluster.workers * cfg.train.steps  # worker steps of the whole run
+        self.core = ServerCore(self.policy, [b.index for b in self.layout.blocks_of(spec.rank)], budget)
         from .blockstore import BlockStore
 
         self.blockstore = BlockStore(
@@ -92,8 +93,6 @@ class Server:
         self.link_delays = [delayer_for(rules, "link", w, seed, peer=spec.rank) for w in range(cfg.cluster.workers)]
         self.outbox = Outbox()
         self.reply_delays: list[float] = []
-        self.budget = cfg.cluster.workers * cfg.train.steps  # worker steps of the whole run
-        self.budget_spent = False
         self.push_delays: dict[int, deque[float]] = defaultdict(lambda: deque(maxlen=20000))
         self.last_checkpoint = time.monotonic()
         self.checkpoints = 0
@@ -202,17 +201,9 @@ class Server:
             if problem:
                 self.log.write("drop", s=self.spec.rank, w=msg["w"], j=msg["j"], reason="malformed", detail=problem)
             self.perform(sock, actions, msg)
-            if not self.budget_spent and self.core.steps_done() >= self.budget:
-                self.budget_spent = True  # every worker stops: the run's steps are done, whoever did them
-                self.log.write("budget", s=self.spec.rank, steps=self.core.steps_done())
-                for worker in sorted(self.registered):
-                    self.send_done(sock, worker)
         elif kind == "pull":
             self.pull_msgs += 1
-            if self.budget_spent:
-                self.send_done(sock, msg["w"])
-            else:
-                self.perform(sock, self.core.on_pull(msg["w"], msg["j"], msg["want"], msg["clock"], now))
+            self.perform(sock, self.core.on_pull(msg["w"], msg["j"], msg["want"], msg["clock"], now))
         elif kind == "hello":
             self.hello(sock, identity, msg)
         elif kind == "bye":
@@ -262,6 +253,12 @@ class Server:
                 self.blockstore.accept(action, msg.payload)
             elif isinstance(action, Send):
                 self.send_block(sock, worker_identity(action.worker), action.block, action.version, action.worker)
+            elif isinstance(action, EndRun):
+                self.log.write("budget", s=self.spec.rank, steps=action.steps)
+                for worker in sorted(self.registered):
+                    self.send_done(sock, worker)
+            elif isinstance(action, Finished):
+                self.send_done(sock, action.worker)
             elif isinstance(action, Apply):
                 self.blockstore.apply(action, progress=self.core.steps_done() / self.policy.num_workers)
                 self.log.write(
