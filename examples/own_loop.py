@@ -5,7 +5,7 @@ hold θ and step the optimizer, in whatever mode the run uses.
     weaksync run examples/own_loop.py --mode bsp --steps 300
     torchrun --standalone --nproc-per-node 7 examples/own_loop.py   # the same script: servers, workers, evaluator
 
-Against a DDP script, three lines change: `ps = weaksync.connect(model, evaluate=...)` instead of wrapping
+Against a DDP script, three calls change: `ps = weaksync.connect(model, evaluate=...)` instead of wrapping
 the model, `ps.wait()` before the forward pass, and `ps.push()` instead of `optimizer.step()`.
 """
 

@@ -37,7 +37,7 @@ class RunSection(_Section):
 
 class CheckpointSection(_Section):
     interval: float | None = Field(
-        5.0, gt=0, description="seconds between server checkpoints (θ, optimizer, versions, worker steps); null: none"
+        60.0, gt=0, description="seconds between server checkpoints (θ, optimizer, versions, worker steps); null: none"
     )
 
 

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..records.eventlog import EventLog
-from ..training.evaluate import evaluate_loss_and_accuracy
+from ..training.evaluate import eval_mode, evaluate_loss_and_accuracy
 from ..training.workload import seed_model_init
 from ..transport.messages import BadMessage, decode, encode
 from ..transport.sockets import connect_dealer
@@ -51,14 +51,8 @@ def measure(metric: MetricFn | None, model: nn.Module, name: str) -> dict[str, f
     train/eval flags are restored, whatever the metric does with them."""
     if metric is None:
         return {}
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            value = metric(model)
-    finally:
-        for module, training in modes:
-            module.training = training
+    with eval_mode(model):
+        value = metric(model)
     figures = value.items() if isinstance(value, Mapping) else [(name, value)]
     out = {}
     for key, v in figures:

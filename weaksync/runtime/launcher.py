@@ -19,6 +19,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+import torch
 import zmq
 from torch.distributed import PrefixStore, TCPStore
 
@@ -70,8 +71,6 @@ class RunResult:
 
     def state_dict(self) -> dict[str, Any]:
         """The trained model's state_dict (θ at the end of the run, as the evaluator measured it)."""
-        import torch
-
         if not self.model_path.exists():
             raise RunFailed(f"{self.model_path} is missing: the run ended before its final evaluation")
         return torch.load(self.model_path)

@@ -68,24 +68,12 @@ def _embedded_spec() -> RoleSpec:
 
 
 def _torchrun_spec(config: Config | str | Path | None, overrides: dict[str, Any] | None) -> RoleSpec:
-    from .torchrun import env_int, store_address
+    from .torchrun import assign_role, env_int, store_address
 
     if config is None:
         config = os.environ.get(ENV_CONFIG)
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
-    rank, world = env_int("RANK"), env_int("WORLD_SIZE")
-    servers, workers = cfg.cluster.servers, cfg.cluster.workers
-    if world != servers + workers + 1:
-        raise ConfigError(
-            f"torchrun started {world} processes but a script needs cluster.servers + cluster.workers + 1 "
-            f"(the evaluator) = {servers + workers + 1}: set --nproc-per-node × --nnodes to that"
-        )
-    if rank < servers:
-        role, rid = "server", rank
-    elif rank < servers + workers:
-        role, rid = "worker", rank - servers
-    else:
-        role, rid = "evaluator", 0
+    role, rid = assign_role("auto", env_int("RANK"), env_int("WORLD_SIZE"), cfg, evaluator=True)
     host, port, keep = store_address(None, role, rid, cfg.timeouts.connect)
     if keep is not None:
         _kept.append(keep)

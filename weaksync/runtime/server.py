@@ -22,7 +22,7 @@ from ..core.actions import Accept, Apply, Drop, EndRun, Finished, Send
 from ..core.layout import BlockLayout
 from ..core.server import ServerCore
 from ..records.eventlog import EventLog, log_new_choices
-from ..records.files import write_json
+from ..records.files import write_atomically, write_json
 from ..stragglers.delays import delayer_for
 from ..training.optim import lr_function, momentum_function, optimizer_factory
 from ..training.workload import seed_model_init
@@ -95,25 +95,16 @@ class Server:
         self.reply_delays: list[float] = []
         self.push_delays: dict[int, deque[float]] = defaultdict(lambda: deque(maxlen=20000))
         self.last_checkpoint = time.monotonic()
-        self.checkpoints = 0
         if cfg.run.resume:
             self.restore(Path(cfg.run.resume))
 
     # -- checkpoints -----------------------------------------------------------------------------------
 
-    def checkpoint_path(self, run_dir: Path) -> Path:
-        return checkpoint_file(run_dir, self.spec.rank)
-
     def save_checkpoint(self) -> None:
         """θ of this server's blocks, their optimizer state, versions and the workers' steps, written
         atomically (a reader or a crash never sees half a file)."""
-        path = self.checkpoint_path(self.spec.path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         doc = {"digest": self.layout.digest, "core": self.core.checkpoint(), "blocks": self.blockstore.state()}
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(doc, tmp)
-        tmp.replace(path)
-        self.checkpoints += 1
+        write_atomically(checkpoint_file(self.spec.path, self.spec.rank), lambda tmp: torch.save(doc, tmp))
         self.last_checkpoint = time.monotonic()
 
     def maybe_checkpoint(self, now: float) -> None:
@@ -123,7 +114,7 @@ class Server:
             self.log.write("checkpoint", s=self.spec.rank, t=time.time(), updates=self.core.updates)
 
     def restore(self, run_dir: Path) -> None:
-        path = self.checkpoint_path(run_dir)
+        path = checkpoint_file(run_dir, self.spec.rank)
         doc = torch.load(path, weights_only=False)
         if doc["digest"] != self.layout.digest:
             raise RoleError(

@@ -33,16 +33,22 @@ def env_int(name: str) -> int:
     return int(value)
 
 
-def assign_role(role: str, rank: int, world: int, config: Config, first_id: int | None = None) -> tuple[str, int]:
+def assign_role(
+    role: str, rank: int, world: int, config: Config, first_id: int | None = None, evaluator: bool = False
+) -> tuple[str, int]:
     """(role, id within the role) for a global rank of this launch; `first_id` offsets the ids when one
-    role is spread over several launches (e.g. one worker launch per host)."""
+    role is spread over several launches (e.g. one worker launch per host). With `evaluator` (a user's
+    script) the launch has one more rank, the last, which evaluates."""
     servers, workers = config.cluster.servers, config.cluster.workers
     if role == "auto":
-        if world != servers + workers:
+        if world != servers + workers + evaluator:
+            needed = "cluster.servers + cluster.workers" + (" + 1 (the evaluator)" if evaluator else "")
             raise ConfigError(
-                f"torchrun started {world} processes but cluster.servers + cluster.workers = "
-                f"{servers + workers}: set --nproc-per-node × --nnodes to their sum"
+                f"torchrun started {world} processes but {needed} = {servers + workers + evaluator}: "
+                "set --nproc-per-node × --nnodes to that"
             )
+        if rank >= servers + workers:
+            return "evaluator", 0
         return ("server", rank) if rank < servers else ("worker", rank - servers)
     limit = servers if role == "server" else workers
     if first_id is None:

@@ -449,7 +449,11 @@ def open_session(spec: RoleSpec, model: nn.Module) -> WorkerSession:
         previous_hook(kind, exc, tb)
 
     sys.excepthook = mark_failed
-    return session.open()
+    try:
+        return session.open()
+    except BaseException:  # refused, unreachable, interrupted: its figures and 'done' still reach the run
+        session.close("interrupted" if sys.exc_info()[0] is KeyboardInterrupt else "failed")
+        raise
 
 
 def serve_worker(spec: RoleSpec, model: nn.Module, loop: Callable[[WorkerSession], None]) -> None:

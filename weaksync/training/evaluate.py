@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -14,25 +15,33 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> float
     return evaluate_loss_and_accuracy(model, dataset, batch_size)[1]
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no_grad for a measurement; every module's train/eval flag is restored afterwards,
+    whatever the measurement did with them."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def evaluate_loss_and_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> tuple[float, float]:
     """(mean cross-entropy, top-1 accuracy) under no_grad and eval mode."""
     if batch_size < 1:
         raise ValueError(f"evaluate: batch_size must be >= 1, got {batch_size}: raise it")
-    modes = [(m, m.training) for m in model.modules()]
     device = _model_device(model)
     total_loss, correct, count = 0.0, 0, 0
-    model.eval()
-    try:
-        with torch.no_grad():
-            for x, y in _batches(dataset, batch_size):
-                x, y = x.to(device), y.to(device).long()
-                logits = model(x)
-                total_loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-                correct += int((logits.argmax(dim=1) == y).sum())
-                count += int(y.numel())
-    finally:
-        for module, training in modes:
-            module.training = training
+    with eval_mode(model):
+        for x, y in _batches(dataset, batch_size):
+            x, y = x.to(device), y.to(device).long()
+            logits = model(x)
+            total_loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == y).sum())
+            count += int(y.numel())
     if count == 0:
         raise ValueError("evaluate: the dataset is empty: pass a non-empty test set")
     return total_loss / count, correct / count
