@@ -44,7 +44,7 @@ from weaksync.core import (
     WorkerCore,
     build_layout,
 )
-from weaksync.core.actions import DROP_REASONS
+from weaksync.core.actions import DROP_REASONS, EndRun, Expired, Finished, Revived, Welcome
 
 
 class Deadlock(AssertionError):
@@ -65,6 +65,7 @@ class PushMsg:
     base: int
     step: int
     payload: Any = None
+    life: int = 0  # which process of the worker sent it (a restart starts a new one)
 
 
 @dataclass(frozen=True)
@@ -85,9 +86,10 @@ class ByeMsg:
 @dataclass(frozen=True)
 class LeaveMsg:
     """The launcher's / heartbeat's notice that a worker is gone: another connection, so it may overtake
-    the worker's own messages still in flight."""
+    the worker's own messages still in flight (even its hello)."""
 
     worker: int
+    life: int = 0
 
 
 @dataclass(frozen=True)
@@ -96,9 +98,32 @@ class BlockMsg:
     block: int
     version: int
     payload: Any = None
+    life: int = 0  # the worker's process the server was answering (a restarted one never sees the old replies)
 
 
-Message = PushMsg | PullMsg | ByeMsg | LeaveMsg | BlockMsg
+@dataclass(frozen=True)
+class HelloMsg:
+    """A worker process registers (with `membership`): at its start, FIFO before its first pulls."""
+
+    worker: int
+    life: int = 0
+
+
+@dataclass(frozen=True)
+class WelcomeMsg:
+    server: int
+    clock: int
+    life: int
+
+
+@dataclass(frozen=True)
+class DoneMsg:
+    """The server's end of the run (its step budget is spent): the worker stops and says bye."""
+
+    server: int
+
+
+Message = PushMsg | PullMsg | ByeMsg | LeaveMsg | BlockMsg | HelloMsg | WelcomeMsg | DoneMsg
 
 
 # -- records -------------------------------------------------------------------------------------------
@@ -111,6 +136,7 @@ class Contribution:
     weight: float
     step: int
     tau: int | None = None  # the staleness bound in force when it was accepted (auto moves it)
+    life: int = 0  # the worker's process that computed it
 
 
 @dataclass(frozen=True)
@@ -131,6 +157,7 @@ class Stop:
 
     after: int
     how: Literal["bye", "crash"] = "bye"
+    restart: bool = False  # a crashed worker's process is started again later (it says hello, rejoins)
 
 
 class Hooks:
@@ -211,9 +238,16 @@ class Harness:
         max_events: int = 200_000,
         trace_len: int = 40,
         durations: Sequence[float] | None = None,
+        membership: bool = False,
+        expiry: float | None = None,
+        budget: int | None = None,
     ) -> None:
         """`durations`: seconds each worker's step takes (the clock then advances to let it end; auto's tuner
-        sees those times); None: a step may end at once, time moves only for deadlines."""
+        sees those times); None: a step may end at once, time moves only for deadlines.
+
+        `membership`: workers say hello first and servers count only registered workers; `expiry` makes
+        servers stop waiting for a worker silent that long (virtual time; a worker's next message brings it
+        back); `budget`: servers end the run after that many worker steps and workers stop on their 'done'."""
         assert len(owners) == policy.num_blocks
         self.policy = policy
         self.owners = list(owners)
@@ -233,8 +267,17 @@ class Harness:
         self.trace: deque[str] = deque(maxlen=trace_len)
         self.history: list[tuple] = []
 
+        self.membership = membership or expiry is not None or budget is not None
+        self.budget = budget
         self.servers = [
-            ServerCore(policy, [j for j, s in enumerate(owners) if s == srv]) for srv in range(self.num_servers)
+            ServerCore(
+                policy,
+                [j for j, s in enumerate(owners) if s == srv],
+                budget,
+                registration=self.membership,
+                expiry=expiry,
+            )
+            for srv in range(self.num_servers)
         ]
         self.workers = [WorkerCore(w, policy) for w in range(n)]
         self.channels: dict[tuple[Node, Node], deque[Message]] = {}
@@ -254,7 +297,16 @@ class Harness:
         self.computed: dict[int, Any] = {}
         self.departed: set[int] = set()  # workers that stopped (target reached, bye or crash)
         self.crashed: set[int] = set()
-        self.left: list[set[int]] = [set() for _ in range(self.num_servers)]  # as told to each server
+        self.left: list[set[int]] = [set() for _ in range(self.num_servers)]  # not waited for, as each server was told
+        self.life = [0] * n  # each worker's process: a restart starts the next
+        self.joining: dict[int, dict[int, int]] = {}  # restarted worker -> welcome clock per server so far
+        self.restarted: set[int] = set()
+        self.told_done: set[int] = set()  # workers that got a 'done' (they stop after the step they compute)
+        self.steps_computed = 0  # by every worker process together: what the run's budget may count
+        self.first_step = [0] * n  # where each worker's current process started (a resumed clock)
+        self.end_runs: list[tuple[int, EndRun]] = []
+        self.suspended: set[int] = set()  # workers some server stopped waiting for, for a while (expired)
+        self.hellos: list[dict[int, int]] = [{} for _ in range(self.num_servers)]  # the process each server knows
 
         # what happened, for the tests' own checks
         self.updates: list[AppliedUpdate] = []
@@ -265,6 +317,8 @@ class Harness:
         self.ignored_replies = 0
 
         for w, core in enumerate(self.workers):
+            if self.membership:
+                self._send_hello(w)
             self._send_pulls(w, core.start(self.now))
             if self.stops.get(w, Stop(-1)).after == 0:
                 self._stop(w)
@@ -297,7 +351,7 @@ class Harness:
 
     def finished(self) -> bool:
         """Every worker stopped and no message is in flight."""
-        return len(self.departed) == len(self.workers) and not any(self.channels.values())
+        return len(self.departed) == len(self.workers) and not self.joining and not any(self.channels.values())
 
     def stuck(self) -> bool:
         """Nothing can happen, yet the run is not over: a deadlock."""
@@ -330,8 +384,12 @@ class Harness:
     def enabled(self) -> list[tuple]:
         """Every event that could happen now: ("deliver", (src, dst)), ("begin", w), ("end", w), ("tick", t)."""
         events: list[tuple] = [("deliver", key) for key, q in self.channels.items() if q]
+        notices = {m.worker for (src, _), q in self.channels.items() if src == "launcher" for m in q}
+        for w in sorted(self.crashed - self.restarted - notices):  # the launcher restarts after its notice
+            if self.stops[w].restart and w in self.departed:
+                events.append(("restart", w))
         for w, core in enumerate(self.workers):
-            if w in self.departed:
+            if w in self.departed or w in self.joining:
                 continue
             if core.plan is not None:
                 if self.now >= self.step_ends.get(w, 0.0):
@@ -374,6 +432,8 @@ class Harness:
                 self._end(event[1])
         elif kind == "end":
             self._end(event[1])
+        elif kind == "restart":
+            self._restart(event[1])
         else:
             self.now = event[1]
             self.trace.append(f"t={self.now:g} tick")
@@ -394,10 +454,36 @@ class Harness:
         for q in pulls:
             self.channels[(f"w{w}", f"s{self.owners[q.block]}")].append(PullMsg(w, q.block, q.want_gt, q.clock))
 
+    def _send_hello(self, w: int) -> None:
+        for s in range(self.num_servers):
+            self.channels[(f"w{w}", f"s{s}")].append(HelloMsg(w, self.life[w]))
+
+    def _restart(self, w: int) -> None:
+        """A new process for a crashed worker: it says hello to every server and starts once all welcomed it."""
+        self.restarted.add(w)
+        self.departed.discard(w)
+        self.life[w] += 1
+        self.workers[w] = WorkerCore(w, self.policy)
+        self.joining[w] = {}
+        self.computed.pop(w, None)
+        self.step_ends.pop(w, None)
+        self.trace.append(f"t={self.now:g} w{w} restarts (process {self.life[w]})")
+        self._send_hello(w)
+
     def _at_worker(self, w: int, msg: Message) -> None:
-        assert isinstance(msg, BlockMsg)
-        if w in self.departed:
+        if w in self.departed or getattr(msg, "life", self.life[w]) != self.life[w]:
             return  # the process is gone: the reply is lost
+        if isinstance(msg, WelcomeMsg):
+            self._welcomed(w, msg)
+            return
+        if isinstance(msg, DoneMsg):
+            self.told_done.add(w)
+            if self.workers[w].plan is None:
+                self._stop(w, done=True)
+            return
+        assert isinstance(msg, BlockMsg)
+        if w in self.joining:
+            return  # a reply to the old process's pull
         core = self.workers[w]
         before = core.versions[msg.block]
         self._check(msg.block in core.outstanding, f"w{w} got block {msg.block} it had not asked for")
@@ -414,6 +500,22 @@ class Harness:
         else:
             self.ignored_replies += 1
 
+    def _welcomed(self, w: int, msg: WelcomeMsg) -> None:
+        if w not in self.joining:
+            return  # the first process started at once (its hello is FIFO before its pulls)
+        self.joining[w][msg.server] = msg.clock
+        if len(self.joining[w]) < self.num_servers:
+            return
+        clock = max(self.joining.pop(w).values())
+        core = self.workers[w]
+        core.resume_at(clock)
+        self.first_step[w] = clock
+        self.plans[w] = []
+        self.trace.append(f"t={self.now:g} w{w} resumes at step {clock}")
+        self._send_pulls(w, core.start(self.now))
+        if core.step >= self.targets[w]:
+            self._stop(w)
+
     def _begin(self, w: int) -> None:
         core, p = self.workers[w], self.policy
         versions, refreshed, deadline = tuple(core.versions), frozenset(core.refreshed), core.deadline()
@@ -423,7 +525,10 @@ class Harness:
         self.trace.append(
             f"t={self.now:g} w{w} begin step {plan.step} versions={plan.versions} fresh={sorted(plan.fresh)}"
         )
-        self._check(plan.step == len(self.plans[w]), f"w{w} plan step {plan.step} after {len(self.plans[w])} plans")
+        self._check(
+            plan.step == self.first_step[w] + len(self.plans[w]),
+            f"w{w} plan step {plan.step} after {len(self.plans[w])} plans from step {self.first_step[w]}",
+        )
         self._check(plan.versions == versions and plan.fresh == refreshed, f"w{w} plan {plan} is not its local state")
         self._check(min(versions) >= 0, f"w{w} computed before its first full pull")
         if p.wait_for_pull and plan.step > 0:
@@ -436,8 +541,8 @@ class Harness:
             # a reply that arrives mid-step counts for the next step but answers a pull sent one clock
             # earlier, so an interleaved (threaded) driver may run one step further ahead
             slack = p.ssp_slack + (1 if self.split_steps else 0)
-            for other, oc in enumerate(self.workers):
-                if other not in self.departed:
+            for other, oc in enumerate(self.workers):  # a worker that was not waited for at times may lag more
+                if other not in self.departed and other not in self.suspended and other not in self.joining:
                     self._check(
                         oc.step >= plan.step - slack,
                         f"SSP: w{w} began step {plan.step} while w{other} completed only {oc.step} "
@@ -467,22 +572,25 @@ class Harness:
             f"w{w} pulls {pulls} do not ask for newer than its versions {core.versions}",
         )
         computed = self.computed.pop(w)
+        self.steps_computed += 1
         for q in pushes:
             payload = self.hooks.push_payload(w, q.block, computed)
-            self.channels[(f"w{w}", f"s{self.owners[q.block]}")].append(PushMsg(w, q.block, q.base, q.step, payload))
+            push = PushMsg(w, q.block, q.base, q.step, payload, self.life[w])
+            self.channels[(f"w{w}", f"s{self.owners[q.block]}")].append(push)
         self._send_pulls(w, pulls)
-        stop = self.stops.get(w)
-        if core.step >= self.targets[w] or (stop is not None and core.step >= stop.after):
-            self._stop(w)
+        stop = None if w in self.restarted else self.stops.get(w)
+        if core.step >= self.targets[w] or (stop is not None and core.step >= stop.after) or w in self.told_done:
+            self._stop(w, done=w in self.told_done)
 
-    def _stop(self, w: int) -> None:
+    def _stop(self, w: int, done: bool = False) -> None:
         """The worker exits: clean bye on its own connections, or a crash noticed later by the launcher."""
         self.departed.add(w)
-        stop = self.stops.get(w)
+        self.joining.pop(w, None)
+        stop = None if w in self.restarted or done else self.stops.get(w)
         crash = stop is not None and stop.how == "crash" and self.workers[w].step >= stop.after
         for s in range(self.num_servers):
             if crash:
-                self.channels[("launcher", f"s{s}")].append(LeaveMsg(w))
+                self.channels[("launcher", f"s{s}")].append(LeaveMsg(w, self.life[w]))
             else:
                 self.channels[(f"w{w}", f"s{s}")].append(ByeMsg(w))
         if crash:
@@ -494,7 +602,17 @@ class Harness:
 
     def _at_server(self, s: int, msg: Message) -> None:
         core = self.servers[s]
-        if isinstance(msg, PushMsg):
+        if isinstance(msg, HelloMsg):
+            for j in core.blocks:  # a new process: the old one's pulls are void
+                self.pending_pulls.pop((msg.worker, j), None)
+            self.hellos[s][msg.worker] = msg.life
+            self._server_actions(s, core.on_hello(msg.worker, self.now, process=msg.life))
+            dead = msg.life < self.life[msg.worker] or msg.worker in self.crashed - self.restarted
+            self._check(
+                (msg.worker in core.live) != (dead and msg.worker in self.left[s]),
+                f"s{s} after the hello of w{msg.worker}'s process {msg.life}: live={sorted(core.live)}",
+            )
+        elif isinstance(msg, PushMsg):
             self.tau_in_force = core.tau  # auto may change τ after judging this push
             actions = core.on_push(msg.worker, msg.block, msg.base, msg.step, self.now)
             self._server_actions(s, actions, push=msg)
@@ -506,14 +624,17 @@ class Harness:
             actions = core.on_pull(msg.worker, msg.block, msg.want_gt, msg.clock, self.now)
             sent = [a for a in actions if isinstance(a, Send) and (a.worker, a.block) == key]
             p = self.policy
-            if p.ssp_slack is None and msg.worker in core.live:
+            if p.ssp_slack is None and msg.worker in core.live and not core.ended:
                 should = p.immediate_pull or version > msg.want_gt
                 self._check(bool(sent) == should, f"s{s} pull {msg} at v{version}: answered={bool(sent)}")
             self._server_actions(s, actions)
         else:
             assert isinstance(msg, (ByeMsg, LeaveMsg))
             self.left[s].add(msg.worker)
-            self._server_actions(s, core.worker_left(msg.worker))
+            if isinstance(msg, ByeMsg):
+                self._server_actions(s, core.on_bye(msg.worker))
+            else:
+                self._server_actions(s, core.worker_left(msg.worker, process=msg.life))
             self._check(msg.worker not in core.live, f"s{s} still counts w{msg.worker} live after it left")
             for j in core.blocks:
                 self.pending_pulls.pop((msg.worker, j), None)
@@ -542,9 +663,30 @@ class Harness:
                 )
                 self.sends += 1
                 payload = self.hooks.reply_payload(s, a.block, a.version)
-                self.channels[(f"s{s}", f"w{a.worker}")].append(BlockMsg(s, a.block, a.version, payload))
+                life = self.hellos[s].get(a.worker, 0)
+                self.channels[(f"s{s}", f"w{a.worker}")].append(BlockMsg(s, a.block, a.version, payload, life))
             elif isinstance(a, Drop):
                 self._on_drop(s, a, push)
+            elif isinstance(a, Welcome):
+                self.left[s].discard(a.worker)
+                life = self.hellos[s][a.worker]
+                self.channels[(f"s{s}", f"w{a.worker}")].append(WelcomeMsg(s, a.clock, life))
+            elif isinstance(a, Expired):
+                self.left[s].add(a.worker)
+                self.suspended.add(a.worker)
+                self._check(a.worker not in self.servers[s].live, f"s{s} expired w{a.worker} but still waits for it")
+            elif isinstance(a, Revived):
+                self.left[s].discard(a.worker)
+            elif isinstance(a, EndRun):
+                self._check(
+                    self.budget is not None and self.budget <= a.steps <= self.steps_computed,
+                    f"s{s} ended the run at {a.steps} steps: budget {self.budget}, {self.steps_computed} computed",
+                )
+                self.end_runs.append((s, a))
+                for w in sorted(self.servers[s].members.registered):
+                    self.channels[(f"s{s}", f"w{w}")].append(DoneMsg(s))
+            elif isinstance(a, Finished):
+                self.channels[(f"s{s}", f"w{a.worker}")].append(DoneMsg(s))
             else:
                 self._fail(f"s{s} returned an unknown action {a!r}")
 
@@ -567,10 +709,12 @@ class Harness:
             f"s{s} accepted w{a.worker} twice for v{v} of {a.block}",
         )
         self._check(a.worker in self.servers[s].live, f"s{s} accepted {a} from a worker it knows left")
-        self._check((a.worker, a.block, push.step) not in self.applied, f"s{s} accepted an applied push {push}")
+        self._check(
+            (a.worker, push.life, a.block, push.step) not in self.applied, f"s{s} accepted an applied push {push}"
+        )
         if not rnd:
             self.round_opened[a.block] = self.now
-        rnd.append(Contribution(a.worker, a.base, a.weight, push.step, tau))
+        rnd.append(Contribution(a.worker, a.base, a.weight, push.step, tau, push.life))
         self.accepts.append((s, a))
         self.hooks.accept(s, a, push.payload)
 
@@ -590,7 +734,7 @@ class Harness:
         self._check(len(rnd) >= 1, f"s{s} applied {a} with no contribution")
         self._check(a.step == max(c.step for c in rnd), f"s{s} {a}: step is not the largest contributor step")
         for c in rnd:
-            key = (c.worker, a.block, c.step)
+            key = (c.worker, c.life, a.block, c.step)
             self._check(key not in self.applied, f"s{s} {a} applies w{c.worker}'s step {c.step} a second time")
             self.applied.add(key)
             self._check(c.tau is None or a.version - 1 - c.base <= c.tau, f"s{s} {a} holds a too stale contribution")
@@ -631,7 +775,7 @@ class Harness:
                 push is not None and not p.fold_repeats and any(c.worker == a.worker for c in self.rounds[a.block]),
                 f"s{s} wrongly duplicate: {a}",
             )
-        elif a.reason == "left":
+        elif a.reason in ("left", "unregistered"):  # a dead process's messages, after the launcher's notice
             self._check(a.worker in self.crashed, f"s{s} dropped {a}, but the worker's bye comes after its pushes")
         else:
             self._fail(f"s{s} dropped a well-formed message: {a}")
@@ -657,7 +801,15 @@ class Harness:
         for w, core in enumerate(self.workers):
             stop = self.stops.get(w)
             expected = min(self.targets[w], stop.after) if stop is not None else self.targets[w]
-            self._check(core.step == expected, f"w{w} completed {core.step} steps, expected {expected}")
+            if w in self.told_done:  # the run's budget was spent: it stopped where it was
+                self._check(core.step <= max(self.targets[w], self.first_step[w]), f"w{w} went on after 'done'")
+            elif w in self.restarted:  # it resumed from a clock the servers gave, and went on to its target
+                self._check(core.step >= self.targets[w], f"w{w} stopped at {core.step} of {self.targets[w]} steps")
+            else:
+                self._check(core.step == expected, f"w{w} completed {core.step} steps, expected {expected}")
+        for s, core in enumerate(self.servers):
+            if self.budget is not None:
+                self._check(core.ended or core.steps_done() < self.budget, f"s{s} counted the budget, never ended")
         self._check(not any(self.channels.values()), "messages left in flight")
         per_block = Counter(u.action.block for u in self.updates)
         for j, v in enumerate(self.version):

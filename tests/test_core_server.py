@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from weaksync.core import Accept, Apply, Drop, Send, ServerCore, make_policy
-from weaksync.core.actions import DROP_REASONS
+from weaksync.core.actions import DROP_REASONS, EndRun, Expired, Orphaned, Refuse, Revived, Welcome
 
 
 def server(mode: str = "bsp", n: int = 3, nb: int = 2, blocks: tuple[int, ...] = (0,), **kw: object) -> ServerCore:
@@ -131,7 +131,16 @@ def test_push_of_a_worker_that_left_is_dropped() -> None:
 
 
 def test_drop_reasons_are_the_documented_ones() -> None:
-    assert set(DROP_REASONS) == {"stale", "duplicate", "future", "unknown-block", "unknown-worker", "left", "malformed"}
+    assert set(DROP_REASONS) == {
+        "stale",
+        "duplicate",
+        "future",
+        "unknown-block",
+        "unknown-worker",
+        "left",
+        "malformed",
+        "unregistered",
+    }
 
 
 # -- pulls ---------------------------------------------------------------------------------------------
@@ -244,26 +253,82 @@ def test_last_worker_leaving_applies_what_is_there() -> None:
     assert of(Apply, core.worker_left(1))
 
 
-def test_worker_joined_takes_part_again() -> None:
+def test_a_hello_after_leaving_takes_the_worker_back() -> None:
     core = server("bsp", n=2)
     core.worker_left(1)
-    core.worker_joined(1)
+    assert core.on_hello(1, 0.0) == [Welcome(1, 0, rejoined=True)]
     assert core.live == {0, 1}
     assert core.on_push(1, 0, 0, 0, 0.0) == [Accept(1, 0, 0, 0, 1.0)]
-    core.worker_joined(5)  # not a worker id: ignored
+    assert of(Refuse, core.on_hello(5, 0.0))  # not a worker id
     assert core.live == {0, 1}
 
 
-def test_worker_joined_starts_from_the_slowest_clock_so_ssp_does_not_wait_for_it() -> None:
+def test_a_rejoining_worker_starts_from_the_slowest_clock_so_ssp_does_not_wait_for_it() -> None:
     core = server("ssp", n=3, ssp_slack=2)
     core.on_pull(0, 0, 5, 4, 0.0)
     core.on_pull(1, 0, 5, 6, 0.0)
     core.worker_left(2)
-    core.worker_joined(2)
+    assert core.on_hello(2, 0.0) == [Welcome(2, 4, rejoined=True)]
     assert min(core.clocks[w] for w in core.live) == 4  # the others are not held back by the newcomer
-    assert core.clocks[2] == 4  # it starts from the slowest live clock
     assert core.on_pull(1, 0, -1, 6, 0.0) == [Send(1, 0, 0)]
-    assert core.on_pull(2, 0, -1, 0, 0.0) == [Send(2, 0, 0)]  # the restarted worker gets its first pull
+    assert core.on_pull(2, 0, -1, 4, 0.0) == [Send(2, 0, 0)]  # the restarted worker gets its first pull
+
+
+def test_the_clock_a_worker_resumes_from_is_not_counted_as_steps_done() -> None:
+    core = ServerCore(make_policy("async", 2, 1), [0], budget=12, registration=True)
+    for w in (0, 1):
+        core.on_hello(w, 0.0)
+        core.on_pull(w, 0, -1, 0, 0.0)
+    advance(core, 0, 10)
+    core.worker_left(1)
+    assert core.on_hello(1, 1.0) == [Welcome(1, 10, rejoined=True)]
+    assert core.on_pull(1, 0, -1, 10, 1.0) == [Send(1, 0, core.version(0))]  # it resumes at step 10 ...
+    assert core.steps_done() == 10  # ... which it never did: 12 steps are still 2 away
+    assert not of(EndRun, core.on_push(1, 0, core.version(0), 10, 1.0))
+    assert of(EndRun, core.on_push(1, 0, core.version(0), 11, 1.0))
+
+
+def test_with_registration_work_before_hello_is_dropped() -> None:
+    core = ServerCore(make_policy("bsp", 2, 1), [0], registration=True)
+    assert of(Drop, core.on_push(0, 0, 0, 0, 0.0))[0].reason == "unregistered"
+    assert of(Drop, core.on_pull(0, 0, -1, 0, 0.0))[0].reason == "unregistered"
+    core.on_hello(0, 0.0)
+    assert core.on_pull(0, 0, -1, 0, 0.0) == [Send(0, 0, 0)]
+
+
+def test_a_silent_worker_expires_and_comes_back_when_it_speaks() -> None:
+    core = ServerCore(make_policy("bsp", 2, 1), [0], registration=True, expiry=5.0)
+    core.on_hello(0, 0.0)
+    core.on_hello(1, 0.0)
+    core.on_push(0, 0, 0, 0, 1.0)
+    core.on_pull(0, 0, 0, 1, 1.0)  # parked until v1
+    assert core.next_deadline() == 5.0  # worker 1, heard at 0
+    assert core.on_heartbeat(0, 4.0) == []
+    actions = core.on_timer(5.0)
+    assert Expired(1, 5.0) in actions and core.live == {0}
+    assert of(Apply, actions) and of(Send, actions) == [Send(0, 0, 1)]  # the round closes without it
+    assert core.on_heartbeat(1, 6.0) == [Revived(1)] and core.live == {0, 1}
+    assert core.clocks[1] == 0  # its clock is kept: it is the same process
+
+
+def test_a_silent_worker_keeps_its_parked_pull() -> None:
+    core = ServerCore(make_policy("bsp", 2, 1), [0], registration=True, expiry=5.0)
+    core.on_hello(0, 0.0)
+    core.on_hello(1, 0.0)
+    core.on_push(1, 0, 0, 0, 0.0)
+    core.on_pull(1, 0, 0, 1, 0.0)
+    core.on_heartbeat(0, 4.0)
+    core.on_timer(5.0)  # worker 1 expires, still waiting for v1
+    assert Send(1, 0, 1) in core.on_push(0, 0, 0, 0, 6.0)  # answered when the round it waits for closes
+
+
+def test_orphaned_once_every_worker_has_long_been_gone() -> None:
+    core = ServerCore(make_policy("bsp", 1, 1), [0], registration=True, orphan_after=10.0)
+    core.on_hello(0, 0.0)
+    core.on_bye(0, 1.0)
+    assert core.on_timer(1.0) == [] and core.next_deadline() == 11.0
+    assert core.on_timer(11.0) == [Orphaned(10.0)]
+    assert core.on_timer(30.0) == []  # told once
 
 
 # -- SSP -----------------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ def test_registration_checks_the_layout(served) -> None:
 def test_bad_messages_are_counted_and_the_server_goes_on(served) -> None:
     server, exchange = served
     size = server.layout.blocks[0].size
-    exchange(b"w9", encode("pull", w=9, j=0, want=-1, clock=0))  # never registered
+    exchange(b"w9", encode("pull", w=9, j=0, want=-1, clock=0))  # not a worker of this run
     exchange(b"w0", [b"\xc1 not msgpack"])
     exchange(b"w0", [msgpack.packb({"k": "dance"})])
     exchange(b"w1", encode("push", torch.zeros(size), w=0, j=0, base=0, step=0))  # claims another worker
@@ -67,12 +67,12 @@ def test_bad_messages_are_counted_and_the_server_goes_on(served) -> None:
     exchange(b"w0", encode("push", torch.zeros(size), w=0, j=99, base=0, step=0))  # unknown block
     exchange(b"w0", encode("stop"))  # only the launcher/evaluator may stop a server
     assert not server.stop_requested
-    assert sum(server.bad_messages.values()) == 5
-    assert server.core.drops == {"malformed": 2, "future": 1, "unknown-block": 1}
+    assert sum(server.bad_messages.values()) == 4
+    assert server.core.drops == {"malformed": 2, "future": 1, "unknown-block": 1, "unknown-worker": 1}
     assert all(server.core.version(j) == 0 for j in server.blockstore.blocks)
     log = Path(server.spec.run_dir) / "events" / "server-0.jsonl"
     server.log.flush()
-    assert log.read_text().count('"reject"') == 5
+    assert log.read_text().count('"reject"') == 4
 
 
 def test_bsp_round_updates_and_answers_parked_pulls(served) -> None:

@@ -83,6 +83,7 @@ DROP_REASONS = (
     "unknown-worker",  # worker id outside [0, N)
     "left",  # the worker was declared gone
     "malformed",  # wrong shape/dtype/non-finite payload (detail in the log)
+    "unregistered",  # a push or pull from a worker that has not said hello (the server needs it registered)
 )
 
 
@@ -100,4 +101,44 @@ class Finished:
     worker: int
 
 
-ServerAction = Accept | Drop | Apply | Send | EndRun | Finished
+@dataclass(frozen=True)
+class Welcome:
+    """Answer a hello: the worker is registered and goes on from `clock` steps; `rejoined` tells that it had
+    departed (said bye, died or fell silent) and is waited for again."""
+
+    worker: int
+    clock: int
+    rejoined: bool
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """Answer a hello that cannot be accepted (a worker id outside the cluster, or the driver's verdict)."""
+
+    worker: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Expired:
+    """A registered worker was silent for `silent_for` seconds: it is no longer waited for (until it speaks)."""
+
+    worker: int
+    silent_for: float
+
+
+@dataclass(frozen=True)
+class Revived:
+    """A worker declared silent spoke again: it is waited for again, with its clock and parked pulls."""
+
+    worker: int
+
+
+@dataclass(frozen=True)
+class Orphaned:
+    """Every registered worker has been gone for `waited` seconds and nobody said stop: the server may leave."""
+
+    waited: float
+
+
+ServerAction = Accept | Drop | Apply | Send | EndRun | Finished | Welcome | Refuse | Expired | Revived | Orphaned

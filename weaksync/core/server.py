@@ -1,4 +1,5 @@
-"""Server protocol state machine (sans-I/O): versions, push quorum, staleness, parked pulls, SSP clocks.
+"""Server protocol state machine (sans-I/O): versions, push quorum, staleness, parked pulls, SSP clocks,
+membership (hello, bye, departures, silence) and the run's step budget.
 
 It never touches tensors or sockets: the driver validates payloads, performs Accept/Apply on the data and
 sends what Send asks for. Time is passed in (`now`), so the simulator and tests control it.
@@ -12,8 +13,22 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .actions import Accept, Apply, Drop, EndRun, Finished, Send, ServerAction
+from .actions import (
+    Accept,
+    Apply,
+    Drop,
+    EndRun,
+    Expired,
+    Finished,
+    Orphaned,
+    Refuse,
+    Revived,
+    Send,
+    ServerAction,
+    Welcome,
+)
 from .auto import Choice, QuorumTuner, staleness_bound
+from .membership import Departure, Membership
 from .policy import GRACE_HISTORY, SyncPolicy, within_staleness
 
 PERIOD_SMOOTHING = 0.2  # weight of the newest round period in its moving average
@@ -45,13 +60,29 @@ class _BlockState:
 class ServerCore:
     """The blocks one server owns, and the rules of DESIGN.md §2 for them."""
 
-    def __init__(self, policy: SyncPolicy, blocks: Iterable[int], budget: int | None = None):
+    def __init__(
+        self,
+        policy: SyncPolicy,
+        blocks: Iterable[int],
+        budget: int | None = None,
+        *,
+        registration: bool = False,
+        expiry: float | None = None,
+        orphan_after: float | None = None,
+    ):
+        """`registration`: pushes and pulls count only from workers that said hello (the runtime's rule;
+        tests of the round rules may leave it off). `expiry`: seconds of silence after which a registered
+        worker is no longer waited for. `orphan_after`: seconds with every worker gone before Orphaned."""
         self.policy = policy
         self.budget = budget  # worker steps of the whole run (None: no end but the driver's)
         self.ended = False
+        self.registration = registration
         self.blocks: dict[int, _BlockState] = {j: _BlockState() for j in blocks}
-        self.live: set[int] = set(range(policy.num_workers))
-        self.clocks: dict[int, int] = {w: 0 for w in self.live}
+        self.members = Membership(policy.num_workers, expiry, orphan_after)
+        self.live: set[int] = self.members.live  # the same set: the workers waited for
+        self.clocks: dict[int, int] = {w: 0 for w in self.live}  # steps completed, the SSP clock
+        self.steps: Counter[int] = Counter()  # steps each worker did, as counted for the budget
+        self.starting: set[int] = set()  # said hello, not yet reported a clock: that report is where it starts
         self.drops: Counter[str] = Counter()
         self.accepted: Counter[int] = Counter()  # per worker
         self.dropped: Counter[int] = Counter()  # per worker
@@ -86,12 +117,16 @@ class ServerCore:
 
     def steps_done(self) -> int:
         """Steps completed by all workers together, as far as this server has heard (the run's budget
-        counts these, so a slow worker's missing steps are made up by the others)."""
-        return sum(self.clocks.values())
+        counts these, so a slow worker's missing steps are made up by the others). A rejoining worker's
+        jump to the clock it resumes from is not counted: the run never ends on steps nobody did."""
+        return sum(self.steps.values())
 
     def next_deadline(self) -> float | None:
-        """Earliest time `on_timer` has work to do (a push deadline or a grace), or None."""
+        """Earliest time `on_timer` has work to do (a push deadline, a grace, an expiry), or None."""
         times = [t for s in self.blocks.values() for t in (s.round_deadline, s.grace_deadline) if t is not None]
+        member_deadline = self.members.next_deadline()
+        if member_deadline is not None:
+            times.append(member_deadline)
         return min(times) if times else None
 
     def grace(self) -> float:
@@ -121,11 +156,17 @@ class ServerCore:
     ) -> list[ServerAction]:
         """A gradient for `block` computed from version `base`; `problem` is the driver's verdict on the payload
         (None when shape, dtype and values are fine). Ends the run (EndRun, once) when the step budget is spent."""
-        actions = self._on_push(worker, block, base, step, now, problem)
-        if not self.ended and self.budget is not None and self.steps_done() >= self.budget:
-            self.ended = True  # every worker stops: the run's steps are done, whoever did them
-            actions.append(EndRun(self.steps_done()))
-        return actions
+        refused = self._arrival(worker, block, base, now)
+        if isinstance(refused, Drop):
+            return [refused]
+        return refused + self._on_push(worker, block, base, step, now, problem) + self._end_if_spent()
+
+    def _end_if_spent(self) -> list[ServerAction]:
+        """EndRun, once, as soon as the workers' steps reach the budget (a push's step or a pull's clock)."""
+        if self.ended or self.budget is None or self.steps_done() < self.budget:
+            return []
+        self.ended = True  # every worker stops: the run's steps are done, whoever did them
+        return [EndRun(self.steps_done())]
 
     def _on_push(
         self, worker: int, block: int, base: int, step: int, now: float, problem: str | None
@@ -171,8 +212,14 @@ class ServerCore:
             return [self._drop(worker, block, want_gt, state.version if state else -1, reason)]
         if self.ended:
             return [Finished(worker)]
-        actions: list[ServerAction] = []
+        arrival = self._arrival(worker, block, want_gt, now)
+        if isinstance(arrival, Drop):
+            return [arrival]
+        actions: list[ServerAction] = arrival
         actions += self._advance_clock(worker, clock)
+        ended = self._end_if_spent()
+        if ended:
+            return actions + ended
         if self._servable(worker, state, want_gt):
             state.parked.pop(worker, None)
             actions.append(Send(worker, block, state.version))
@@ -181,26 +228,97 @@ class ServerCore:
         return actions
 
     def on_timer(self, now: float) -> list[ServerAction]:
-        """Apply every block whose push deadline passed with at least one accepted contribution."""
+        """Apply every block whose push deadline passed with at least one accepted contribution; stop waiting
+        for workers silent past the expiry; tell when every worker has long been gone."""
         actions: list[ServerAction] = []
         for block, state in self.blocks.items():
             if state.round_deadline is not None and state.round_deadline <= now and state.contributors:
                 actions += self._apply(block, state, by_deadline=True, now=now)
             elif state.grace_deadline is not None and state.grace_deadline <= now and state.contributors:
                 actions += self._apply(block, state, by_deadline=False, now=now)
+        for worker, silent_for in self.members.expired(now):
+            self.members.depart(worker, "silent")
+            actions.append(Expired(worker, silent_for))
+            actions += self._stop_waiting(worker, now, forget_pulls=False)
+        waited = self.members.orphan_wait(now)
+        if waited is not None:
+            actions.append(Orphaned(waited))
         return actions
 
-    def worker_left(self, worker: int, now: float | None = None) -> list[ServerAction]:
-        """A worker is gone (clean exit, launcher notice or heartbeat timeout): stop waiting for it. Without
-        `now` a round that met its quorum closes at once, grace or not."""
-        if worker not in self.live:
+    # -- membership ----------------------------------------------------------------------------------
+
+    def on_hello(
+        self, worker: int, now: float, problem: str | None = None, process: int | None = None
+    ) -> list[ServerAction]:
+        """A worker registers (at its start, or a restarted process). One that had departed is waited for
+        again from the slowest live clock, so SSP does not hold the others back for it. `problem`: the
+        driver's verdict on the hello (a model layout that differs from this server's). `process`: which
+        process of the worker sent it; a hello from one already reported dead is ignored."""
+        if problem is None and not self.members.valid(worker):
+            problem = f"worker id {worker} is outside 0..{self.policy.num_workers - 1}: check cluster.workers"
+        if problem is not None:
+            return [Refuse(worker, problem)]
+        if self.members.from_dead_process(worker, process):
             return []
-        self.live.discard(worker)
+        rejoined = self.members.register(worker, now)
+        self.starting.add(worker)
+        for state in self.blocks.values():  # a new process: what the old one asked for is void
+            state.parked.pop(worker, None)
+        if rejoined:
+            self._start_waiting(worker)
+            self.clocks[worker] = min((self.clocks[w] for w in self.live if w != worker), default=0)
+        return [Welcome(worker, self.clocks[worker], rejoined)]
+
+    def on_heartbeat(self, worker: int, now: float) -> list[ServerAction]:
+        """A sign of life outside the data messages (a worker computing a long step is still there)."""
+        if not self.members.valid(worker):
+            return []
+        return self._revive_if_silent(worker, now)
+
+    def on_bye(self, worker: int, now: float | None = None) -> list[ServerAction]:
+        """The worker's clean goodbye, after its last pushes."""
+        return self._depart(worker, "bye", now)
+
+    def worker_left(self, worker: int, now: float | None = None, process: int | None = None) -> list[ServerAction]:
+        """The launcher reports the worker (its `process`, when known) dead: stop waiting for it. Without
+        `now` a round that met its quorum closes at once, grace or not. Only a new process's hello brings
+        it back."""
+        return self._depart(worker, "dead", now, process)
+
+    def _depart(self, worker: int, why: Departure, now: float | None, process: int | None = None) -> list[ServerAction]:
+        if not self.members.depart(worker, why, process):
+            return []
+        return self._stop_waiting(worker, now, forget_pulls=True)
+
+    def _arrival(self, worker: int, block: int, base: int, now: float) -> list[ServerAction] | Drop:
+        """A push or pull from `worker`: refused before its hello (with registration), else it shows the
+        worker is alive."""
+        if self.registration and worker not in self.members.registered:
+            state = self.blocks.get(block)
+            return self._drop(worker, block, base, state.version if state else -1, "unregistered")
+        return self._revive_if_silent(worker, now)
+
+    def _revive_if_silent(self, worker: int, now: float) -> list[ServerAction]:
+        if not self.members.seen(worker, now):
+            return []
+        self._start_waiting(worker)
+        return [Revived(worker)]
+
+    def _start_waiting(self, worker: int) -> None:
+        """The worker counts toward quorums and the SSP clock again (it can only lower the slowest clock,
+        so nothing parked becomes servable)."""
+        if self.tuner is not None:
+            self.tuner.set_members(self.live, None)
+
+    def _stop_waiting(self, worker: int, now: float | None, forget_pulls: bool) -> list[ServerAction]:
+        """The worker no longer counts toward quorums and the SSP clock. A dead worker's parked pulls are
+        forgotten; a silent one keeps them (it may be only slow, and would wait for their replies)."""
         actions: list[ServerAction] = []
         if self.tuner is not None:
             actions += self._retune(self.tuner.set_members(self.live, now), now)
         for block, state in self.blocks.items():
-            state.parked.pop(worker, None)
+            if forget_pulls:
+                state.parked.pop(worker, None)
             if state.late is not None:
                 state.late.missing.discard(worker)
             if state.contributors and len(state.contributors) >= self.quorum(block):
@@ -216,6 +334,7 @@ class ServerCore:
         return {
             "versions": {j: state.version for j, state in self.blocks.items()},
             "clocks": dict(self.clocks),
+            "steps": dict(self.steps),
             "updates": self.updates,
         }
 
@@ -229,15 +348,10 @@ class ServerCore:
         for w, clock in doc["clocks"].items():
             if int(w) in self.clocks:
                 self.clocks[int(w)] = int(clock)
+        for w, steps in doc.get("steps", doc["clocks"]).items():  # older checkpoints: the clocks were the count
+            if int(w) in self.clocks:
+                self.steps[int(w)] = int(steps)
         self.updates = int(doc.get("updates", 0))
-
-    def worker_joined(self, worker: int) -> None:
-        """A (re)started worker takes part again from the slowest clock, so SSP does not wait for it."""
-        if 0 <= worker < self.policy.num_workers and worker not in self.live:
-            self.live.add(worker)
-            if self.tuner is not None:
-                self.tuner.set_members(self.live, None)
-            self.clocks[worker] = min((self.clocks[w] for w in self.live if w != worker), default=0)
 
     # -- rules ---------------------------------------------------------------------------------------
 
@@ -366,14 +480,19 @@ class ServerCore:
             del state.parked[w]
         return [Send(w, block, state.version) for w in ready]
 
-    def _min_clock(self) -> int:
-        return min((self.clocks[w] for w in self.live), default=0)
+    def _min_clock(self) -> float:
+        """The slowest clock SSP waits for; with nobody waited for, nothing holds a pull back."""
+        return min((self.clocks[w] for w in self.live), default=float("inf"))
 
     def _advance_clock(self, worker: int, clock: int) -> list[ServerAction]:
         """Record a worker's progress (steps completed); under SSP, if the slowest moved, release the pulls
-        it was holding back."""
+        it was holding back. The first clock after a hello is where that process starts, not steps done."""
+        starting = worker in self.starting
+        self.starting.discard(worker)
         if clock <= self.clocks[worker]:
             return []
+        if not starting:
+            self.steps[worker] += clock - self.clocks[worker]
         if self.policy.ssp_slack is None:
             self.clocks[worker] = clock
             return []

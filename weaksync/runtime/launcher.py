@@ -354,7 +354,7 @@ def _watch(cluster: LocalCluster, on_progress: ProgressCallback | None, poll_int
             if name in workers and config.on_worker_failure == "continue" and workers - cluster.gone:
                 # servers cap the push quorum at the live workers, so the others go on without it
                 rank = int(name.split("-")[1])
-                cluster.tell_servers("leave", w=rank)
+                cluster.tell_servers("leave", w=rank, pid=cluster.procs[name].pid)  # that process, not a restart
                 cluster.prefixed.set(f"done/worker/{rank}", "failed")
                 continue
             why = cluster.error_of(name)

@@ -18,7 +18,7 @@ import zmq
 from torch import nn
 from torch.distributed import Store
 
-from ..core.actions import Accept, Apply, Drop, EndRun, Finished, Send
+from ..core import actions as act
 from ..core.layout import BlockLayout
 from ..core.server import ServerCore
 from ..records.eventlog import EventLog, log_new_choices
@@ -62,7 +62,14 @@ class Server:
         self.layout, initial = build_initial_blocks(spec, model)
         self.policy = cfg.policy(self.layout.num_blocks)
         budget = cfg.cluster.workers * cfg.train.steps  # worker steps of the whole run
-        self.core = ServerCore(self.policy, [b.index for b in self.layout.blocks_of(spec.rank)], budget)
+        self.core = ServerCore(
+            self.policy,
+            [b.index for b in self.layout.blocks_of(spec.rank)],
+            budget,
+            registration=True,
+            expiry=cfg.timeouts.heartbeat,
+            orphan_after=cfg.timeouts.connect,  # nobody sent 'stop' (evaluator lost): leave anyway
+        )
         from .blockstore import BlockStore
 
         self.blockstore = BlockStore(
@@ -75,10 +82,6 @@ class Server:
         )
         self.log = EventLog(spec.path / "events" / f"{spec.name}.jsonl")
         self.bad_messages: Counter[str] = Counter()
-        self.last_seen: dict[int, float] = {}
-        self.identities: dict[int, bytes] = {}
-        self.registered: set[int] = set()
-        self.finished: set[int] = set()
         self.replies = 0
         self.reply_bytes = 0
         self.push_bytes = 0
@@ -129,7 +132,6 @@ class Server:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         hb = self.spec.config.timeouts
-        all_gone_since: float | None = None
         last_publish = 0.0
         while not self.stop_requested:
             now = time.monotonic()
@@ -150,14 +152,6 @@ class Server:
                 last_publish = now
             self.perform(sock, self.core.on_timer(now))
             self.maybe_checkpoint(now)
-            self.expire_silent(sock, now)
-            if self.core.live or not self.registered:
-                all_gone_since = None
-            elif all_gone_since is None:
-                all_gone_since = now
-            elif now - all_gone_since > hb.connect:  # nobody sent 'stop' (evaluator lost): leave anyway
-                self.log.write("orphaned", s=self.spec.rank, waited=now - all_gone_since)
-                return
 
     def handle(self, sock: zmq.Socket, frames: list) -> None:
         identity = frames[0].bytes
@@ -173,10 +167,6 @@ class Server:
             expected = worker_identity(worker) + (b".hb" if kind == "hb" else b"")
             if identity != expected:
                 self.reject(identity, f"'{kind}' claims worker {worker} from identity {identity!r}")
-                return
-            self.last_seen[worker] = now
-            if kind in ("push", "pull") and worker not in self.registered:
-                self.reject(identity, f"'{kind}' from worker {worker} before it registered (hello)")
                 return
         if kind == "push":
             ts = msg.fields.get("ts")
@@ -196,13 +186,13 @@ class Server:
             self.pull_msgs += 1
             self.perform(sock, self.core.on_pull(msg["w"], msg["j"], msg["want"], msg["clock"], now))
         elif kind == "hello":
-            self.hello(sock, identity, msg)
+            self.hello(sock, identity, msg, now)
         elif kind == "bye":
-            self.finished.add(msg["w"])
-            self.perform(sock, self.core.worker_left(msg["w"], now))
+            self.perform(sock, self.core.on_bye(msg["w"], now))
         elif kind == "leave" and identity in (LAUNCHER, EVALUATOR):
             self.log.write("leave", s=self.spec.rank, w=msg["w"], why="launcher")
-            self.perform(sock, self.core.worker_left(msg["w"], now))
+            pid = msg.fields.get("pid")
+            self.perform(sock, self.core.worker_left(msg["w"], now, pid if isinstance(pid, int) else None))
         elif kind == "peek" and identity == EVALUATOR:
             j = msg["j"]
             if j in self.blockstore.blocks:
@@ -210,47 +200,54 @@ class Server:
         elif kind == "stop" and identity in (LAUNCHER, EVALUATOR):
             self.stop_requested = True
         elif kind == "hb":
-            pass
+            self.perform(sock, self.core.on_heartbeat(msg["w"], now))
         else:
             self.reject(identity, f"unexpected '{kind}' from {identity!r}")
 
-    def hello(self, sock: zmq.Socket, identity: bytes, msg: Message) -> None:
+    def hello(self, sock: zmq.Socket, identity: bytes, msg: Message, now: float) -> None:
         worker = msg["w"]
+        problem = None
         if msg["digest"] != self.layout.digest:
-            reason = (
+            problem = (
                 f"layout mismatch: worker {worker} built a model with layout {msg['digest']}, server "
                 f"{self.spec.rank} has {self.layout.digest}: every rank must build the same model, blocks and servers"
             )
-            self.reject(identity, reason)
-            sock.send_multipart([identity, *encode("refuse", reason=reason)])
-            return
-        if not 0 <= worker < self.policy.num_workers:
-            reason = f"worker id {worker} is outside 0..{self.policy.num_workers - 1}: check cluster.workers"
-            sock.send_multipart([identity, *encode("refuse", reason=reason)])
-            return
-        if worker in self.finished or worker not in self.core.live:
-            self.finished.discard(worker)
-            self.core.worker_joined(worker)
-        self.registered.add(worker)
-        self.log.write("hello", s=self.spec.rank, w=worker, pid=msg["pid"])
-        clock = self.core.clocks[worker]  # a resumed run: the worker goes on from the steps it had done
-        sock.send_multipart([identity, *encode("welcome", s=self.spec.rank, digest=self.layout.digest, clock=clock)])
+            self.reject(identity, problem)
+        actions = self.core.on_hello(worker, now, problem, process=msg["pid"])
+        if any(isinstance(a, act.Welcome) for a in actions):
+            self.log.write("hello", s=self.spec.rank, w=worker, pid=msg["pid"])
+        self.perform(sock, actions)
 
     def perform(self, sock: zmq.Socket, actions: list, msg: Message | None = None) -> None:
         if len(self.core.choices) > self.logged_choices:
             self.logged_choices = log_new_choices(self.log, self.core.choices, self.logged_choices, s=self.spec.rank)
         for action in actions:
-            if isinstance(action, Accept):
+            if isinstance(action, act.Accept):
                 self.blockstore.accept(action, msg.payload)
-            elif isinstance(action, Send):
+            elif isinstance(action, act.Send):
                 self.send_block(sock, worker_identity(action.worker), action.block, action.version, action.worker)
-            elif isinstance(action, EndRun):
+            elif isinstance(action, act.EndRun):
                 self.log.write("budget", s=self.spec.rank, steps=action.steps)
-                for worker in sorted(self.registered):
-                    self.send_done(sock, worker)
-            elif isinstance(action, Finished):
-                self.send_done(sock, action.worker)
-            elif isinstance(action, Apply):
+                for worker in sorted(self.core.members.registered):
+                    self.send_to(sock, worker, encode("done"))
+            elif isinstance(action, act.Finished):
+                self.send_to(sock, action.worker, encode("done"))
+            elif isinstance(action, act.Welcome):
+                # a resumed run or a rejoining worker: it goes on from this clock
+                reply = encode("welcome", s=self.spec.rank, digest=self.layout.digest, clock=action.clock)
+                self.send_to(sock, action.worker, reply)
+                if action.rejoined:
+                    self.log.write("rejoin", s=self.spec.rank, w=action.worker, clock=action.clock)
+            elif isinstance(action, act.Refuse):
+                self.send_to(sock, action.worker, encode("refuse", reason=action.reason))
+            elif isinstance(action, act.Expired):
+                self.log.write("leave", s=self.spec.rank, w=action.worker, why=f"silent for {action.silent_for:.1f}s")
+            elif isinstance(action, act.Revived):
+                self.log.write("rejoin", s=self.spec.rank, w=action.worker, clock=self.core.clocks[action.worker])
+            elif isinstance(action, act.Orphaned):
+                self.log.write("orphaned", s=self.spec.rank, waited=action.waited)
+                self.stop_requested = True
+            elif isinstance(action, act.Apply):
                 self.blockstore.apply(action, progress=self.core.steps_done() / self.policy.num_workers)
                 self.log.write(
                     "update",
@@ -262,7 +259,7 @@ class Server:
                     k=self.core.k if action.quorum is None else action.quorum,
                     contributors=[[w, u] for w, u, _ in action.contributors],
                 )
-            elif isinstance(action, Drop) and action.reason != "malformed":
+            elif isinstance(action, act.Drop) and action.reason != "malformed":
                 self.log.write(
                     "drop",
                     s=self.spec.rank,
@@ -273,9 +270,9 @@ class Server:
                     reason=action.reason,
                 )
 
-    def send_done(self, sock: zmq.Socket, worker: int) -> None:
+    def send_to(self, sock: zmq.Socket, worker: int, frames: list) -> None:
         try:
-            sock.send_multipart([worker_identity(worker), *encode("done")])
+            sock.send_multipart([worker_identity(worker), *frames])
         except zmq.ZMQError:
             pass  # already gone
 
@@ -309,15 +306,6 @@ class Server:
     def reject(self, identity: bytes, reason: str) -> None:
         self.bad_messages[reason.split(":")[0]] += 1
         self.log.write("reject", s=self.spec.rank, peer=identity.decode(errors="replace"), reason=reason)
-
-    def expire_silent(self, sock: zmq.Socket, now: float) -> None:
-        """Declare gone a registered worker that sent nothing (not even a heartbeat) for too long."""
-        limit = self.spec.config.timeouts.heartbeat
-        for worker, seen in list(self.last_seen.items()):
-            if worker in self.core.live and worker not in self.finished and now - seen > limit:
-                self.log.write("leave", s=self.spec.rank, w=worker, why=f"silent for {now - seen:.1f}s")
-                self.perform(sock, self.core.worker_left(worker, now))
-                del self.last_seen[worker]
 
     def publish_progress(self) -> None:
         """Counters for the live display: updates and dropped contributions by reason."""
