@@ -19,7 +19,7 @@ import torch
 import zmq
 
 from weaksync.cli.main import stop_on_interrupt
-from weaksync.transport.messages import decode, encode, payload_problem
+from weaksync.transport.messages import Block, Push, decode, encode, payload_problem
 from weaksync.transport.sockets import bind_router, connect_dealer
 
 
@@ -35,9 +35,9 @@ def serve(router: zmq.Socket, mode: str, stop: threading.Event) -> None:
         identity = frames[0].bytes
         if mode == "weaksync":
             msg = decode(frames[1:])
-            assert payload_problem(msg.payload, msg.payload.numel()) is None
-            block = reply_cache.setdefault(msg.payload.numel(), torch.ones(msg.payload.numel()))
-            router.send_multipart([identity, *encode("block", block, j=msg["j"], v=1)], copy=False)
+            assert isinstance(msg, Push) and payload_problem(msg.grad, msg.grad.numel()) is None
+            block = reply_cache.setdefault(msg.grad.numel(), torch.ones(msg.grad.numel()))
+            router.send_multipart([identity, *encode(Block(msg.block, version=1, values=block))], copy=False)
         else:
             router.send_multipart([identity, b"BLOCK\x00\x00\x00", frames[2]], copy=False)
 
@@ -50,9 +50,9 @@ def round_trips(dealer: zmq.Socket, mode: str, numel: int, seconds: float) -> fl
     started = time.perf_counter()
     while time.perf_counter() < deadline:
         if mode == "weaksync":
-            dealer.send_multipart(encode("push", payload, w=0, j=0, base=0, step=count), copy=False)
+            dealer.send_multipart(encode(Push(0, 0, base=0, step=count, grad=payload)), copy=False)
             reply = decode(dealer.recv_multipart(copy=False))
-            assert reply.payload.numel() == numel
+            assert isinstance(reply, Block) and reply.values.numel() == numel
         else:
             dealer.send_multipart([b"PUSH\x00\x00\x00\x00", raw], copy=False)
             dealer.recv_multipart(copy=False)

@@ -1,21 +1,37 @@
-"""Bad input ends with one line on stderr naming the field and the fix, exit code 2, and no run started."""
+"""Bad input ends with one line on stderr naming the field and the fix, exit code 2, and no run started.
+
+The cases run the console entry in this process (an interpreter per case cost 2.5 s of torch imports); one
+runs it as a real `python -m weaksync.cli.main`, the way a user meets it."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from weaksync.cli.main import main
 from weaksync.config import ConfigError, load_config
 
 
-def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    out_dir = ["--out-dir", str(tmp_path / "runs")] if args[0] == "train" else []
-    return subprocess.run(
-        [sys.executable, "-m", "weaksync.cli.main", *args, *out_dir], capture_output=True, text=True, timeout=120
-    )
+def _out_dir(tmp_path: Path, args: list[str]) -> list[str]:
+    return ["--out-dir", str(tmp_path / "runs")] if args[0] == "train" else []
+
+
+def _cli_here(tmp_path: Path, args: list[str], capsys: pytest.CaptureFixture, monkeypatch) -> tuple[int, str]:
+    """`weaksync ARGS` through main(): its exit code and its stderr."""
+    monkeypatch.setattr(sys, "argv", ["weaksync", *args, *_out_dir(tmp_path, args)])
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    capsys.readouterr()
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+    finally:
+        for sig, handler in handlers.items():  # main() installs its own; pytest's come back
+            signal.signal(sig, handler)
+    return exit_info.value.code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -43,13 +59,24 @@ def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
         (["summarize", "/tmp"], "is not a run directory"),
     ],
 )
-def test_bad_input_is_one_clear_line(tmp_path: Path, args: list[str], expected: str) -> None:
-    result = _cli(tmp_path, *args)
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
+def test_bad_input_is_one_clear_line(tmp_path: Path, args: list[str], expected: str, capsys, monkeypatch) -> None:
+    code, stderr = _cli_here(tmp_path, args, capsys, monkeypatch)
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
     assert expected in lines[0]
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir()), "a run was started"
+
+
+def test_the_console_entry_prints_one_line_and_exits_2(tmp_path: Path) -> None:
+    args = ["train", "--k", "9"]
+    result = subprocess.run(
+        [sys.executable, "-m", "weaksync.cli.main", *args, *_out_dir(tmp_path, args)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("weaksync: error: ") and "sync.k=9 exceeds cluster.workers=4" in line
 
 
 def test_bad_yaml_names_the_line(tmp_path: Path) -> None:
@@ -80,9 +107,10 @@ def test_fractions_resolve_against_totals() -> None:
     assert (policy.k, policy.b) == (3, 2)
 
 
-def test_existing_run_directory_is_not_overwritten(tmp_path: Path) -> None:
+def test_existing_run_directory_is_not_overwritten(tmp_path: Path, capsys, monkeypatch) -> None:
     (tmp_path / "runs" / "taken").mkdir(parents=True)
     (tmp_path / "runs" / "taken" / "summary.json").write_text("{}")
-    result = _cli(tmp_path, "train", "--name", "taken", "--quiet")
-    assert result.returncode == 2
-    assert "run directory" in result.stderr and "already exists" in result.stderr
+    code, stderr = _cli_here(tmp_path, ["train", "--name", "taken", "--quiet"], capsys, monkeypatch)
+    assert code == 2
+    assert "run directory" in stderr and "already exists" in stderr
+    assert (tmp_path / "runs" / "taken" / "summary.json").read_text() == "{}"

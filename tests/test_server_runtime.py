@@ -13,7 +13,7 @@ from conftest import small_config
 from weaksync.runtime.server import Server
 from weaksync.runtime.spec import RoleSpec
 from weaksync.training.workload import builtin_workload
-from weaksync.transport.messages import decode, encode
+from weaksync.transport.messages import Block, Hello, Peek, Pull, Push, Refuse, Stop, Welcome, decode, encode
 from weaksync.transport.sockets import bind_router, connect_dealer
 
 
@@ -37,7 +37,7 @@ def served(tmp_path: Path):
         return None
 
     for name, worker in ((b"w0", 0), (b"w1", 1)):
-        assert exchange(name, encode("hello", w=worker, digest=server.layout.digest, pid=1), True).kind == "welcome"
+        assert isinstance(exchange(name, encode(Hello(worker, server.layout.digest, pid=1)), True), Welcome)
     yield server, exchange
     for sock in (router, *dealers.values()):
         sock.close(0)
@@ -46,26 +46,26 @@ def served(tmp_path: Path):
 
 def test_registration_checks_the_layout(served) -> None:
     server, exchange = served
-    refused = exchange(b"w0", encode("hello", w=0, digest="0" * 16, pid=1), expect_reply=True)
-    assert refused.kind == "refuse" and "layout mismatch" in refused["reason"]
-    welcome = exchange(b"w0", encode("hello", w=0, digest=server.layout.digest, pid=1), expect_reply=True)
-    assert welcome.kind == "welcome"
-    out_of_range = exchange(b"w9", encode("hello", w=9, digest=server.layout.digest, pid=1), expect_reply=True)
-    assert out_of_range.kind == "refuse" and "outside 0..1" in out_of_range["reason"]
+    refused = exchange(b"w0", encode(Hello(0, "0" * 16, pid=1)), expect_reply=True)
+    assert isinstance(refused, Refuse) and "layout mismatch" in refused.reason
+    welcome = exchange(b"w0", encode(Hello(0, server.layout.digest, pid=1)), expect_reply=True)
+    assert isinstance(welcome, Welcome)
+    out_of_range = exchange(b"w9", encode(Hello(9, server.layout.digest, pid=1)), expect_reply=True)
+    assert isinstance(out_of_range, Refuse) and "outside 0..1" in out_of_range.reason
 
 
 def test_bad_messages_are_counted_and_the_server_goes_on(served) -> None:
     server, exchange = served
     size = server.layout.blocks[0].size
-    exchange(b"w9", encode("pull", w=9, j=0, want=-1, clock=0))  # not a worker of this run
+    exchange(b"w9", encode(Pull(9, 0, want=-1, clock=0)))  # not a worker of this run
     exchange(b"w0", [b"\xc1 not msgpack"])
     exchange(b"w0", [msgpack.packb({"k": "dance"})])
-    exchange(b"w1", encode("push", torch.zeros(size), w=0, j=0, base=0, step=0))  # claims another worker
-    exchange(b"w0", encode("push", torch.zeros(size + 1), w=0, j=0, base=0, step=0))  # wrong size
-    exchange(b"w0", encode("push", torch.full((size,), float("nan")), w=0, j=0, base=0, step=0))
-    exchange(b"w0", encode("push", torch.zeros(size), w=0, j=0, base=5, step=0))  # future version
-    exchange(b"w0", encode("push", torch.zeros(size), w=0, j=99, base=0, step=0))  # unknown block
-    exchange(b"w0", encode("stop"))  # only the launcher/evaluator may stop a server
+    exchange(b"w1", encode(Push(0, 0, 0, 0, grad=torch.zeros(size))))  # claims another worker
+    exchange(b"w0", encode(Push(0, 0, 0, 0, grad=torch.zeros(size + 1))))  # wrong size
+    exchange(b"w0", encode(Push(0, 0, 0, 0, grad=torch.full((size,), float("nan")))))
+    exchange(b"w0", encode(Push(0, 0, base=5, step=0, grad=torch.zeros(size))))  # future version
+    exchange(b"w0", encode(Push(0, 99, 0, 0, grad=torch.zeros(size))))  # unknown block
+    exchange(b"w0", encode(Stop()))  # only the launcher/evaluator may stop a server
     assert not server.stop_requested
     assert sum(server.bad_messages.values()) == 4
     assert server.core.drops == {"malformed": 2, "future": 1, "unknown-block": 1, "unknown-worker": 1}
@@ -78,13 +78,13 @@ def test_bad_messages_are_counted_and_the_server_goes_on(served) -> None:
 def test_bsp_round_updates_and_answers_parked_pulls(served) -> None:
     server, exchange = served
     block = server.layout.blocks[0]
-    assert exchange(b"w0", encode("pull", w=0, j=0, want=-1, clock=0), expect_reply=True)["v"] == 0
-    exchange(b"w0", encode("pull", w=0, j=0, want=0, clock=1))  # parked: nothing newer yet
-    exchange(b"w0", encode("push", torch.ones(block.size), w=0, j=0, base=0, step=0))
+    assert exchange(b"w0", encode(Pull(0, 0, want=-1, clock=0)), expect_reply=True).version == 0
+    exchange(b"w0", encode(Pull(0, 0, want=0, clock=1)))  # parked: nothing newer yet
+    exchange(b"w0", encode(Push(0, 0, 0, 0, grad=torch.ones(block.size))))
     before = server.blockstore.snapshot(0).clone()
-    reply = exchange(b"w1", encode("push", torch.ones(block.size), w=1, j=0, base=0, step=0))
+    reply = exchange(b"w1", encode(Push(1, 0, 0, 0, grad=torch.ones(block.size))))
     assert reply is None and server.core.version(0) == 1
     assert not torch.equal(server.blockstore.snapshot(0), before), "the optimizer did not step"
     # the parked pull of worker 0 was answered with version 1 on w0's socket
-    peek = exchange(b"evaluator", encode("peek", j=0), expect_reply=True)
-    assert peek["v"] == 1 and torch.equal(peek.payload, server.blockstore.snapshot(0))
+    peek = exchange(b"evaluator", encode(Peek(0)), expect_reply=True)
+    assert isinstance(peek, Block) and peek.version == 1 and torch.equal(peek.values, server.blockstore.snapshot(0))

@@ -9,7 +9,25 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from weaksync.transport.messages import BadMessage, decode, encode, payload_problem
+from weaksync.transport.messages import (
+    KINDS,
+    BadMessage,
+    Block,
+    Bye,
+    Done,
+    Heartbeat,
+    Hello,
+    Leave,
+    Peek,
+    Pull,
+    Push,
+    Refuse,
+    Stop,
+    Welcome,
+    decode,
+    encode,
+    payload_problem,
+)
 from weaksync.transport.sockets import bind_router, connect_dealer
 
 
@@ -27,28 +45,67 @@ def pair():
 def test_push_round_trip_over_zmq(pair) -> None:
     router, dealer = pair
     grad = torch.randn(1000)
-    dealer.send_multipart(encode("push", grad, w=0, j=3, base=7, step=9), copy=False)
+    dealer.send_multipart(encode(Push(worker=0, block=3, base=7, step=9, grad=grad, sent_at=1.5)), copy=False)
     frames = router.recv_multipart(copy=False)
     assert frames[0].bytes == b"w0"
     msg = decode(frames[1:])
-    assert (msg.kind, msg["w"], msg["j"], msg["base"], msg["step"]) == ("push", 0, 3, 7, 9)
-    torch.testing.assert_close(msg.payload, grad)
+    assert isinstance(msg, Push)
+    assert (msg.worker, msg.block, msg.base, msg.step, msg.sent_at) == (0, 3, 7, 9, 1.5)
+    torch.testing.assert_close(msg.grad, grad)
 
 
 def test_reply_routes_back_by_identity(pair) -> None:
     router, dealer = pair
-    dealer.send_multipart(encode("pull", w=0, j=1, want=-1, clock=0))
+    dealer.send_multipart(encode(Pull(worker=0, block=1, want=-1, clock=0)))
     identity = router.recv_multipart()[0]
     block = torch.arange(10, dtype=torch.float32)
-    router.send_multipart([identity, *encode("block", block, j=1, v=4)], copy=False)
+    router.send_multipart([identity, *encode(Block(block=1, version=4, values=block))], copy=False)
     msg = decode(dealer.recv_multipart(copy=False))
-    assert msg["v"] == 4 and torch.equal(msg.payload, block)
+    assert isinstance(msg, Block) and msg.version == 4 and torch.equal(msg.values, block)
+
+
+EVERY_KIND = [
+    Hello(worker=2, digest="ab" * 8, pid=4242),
+    Welcome(server=1, digest="ab" * 8),
+    Welcome(server=1, digest="ab" * 8, clock=17),
+    Refuse(reason="layout mismatch"),
+    Push(worker=1, block=2, base=3, step=4, grad=torch.randn(7)),
+    Push(worker=1, block=2, base=3, step=4, grad=torch.randn(7), sent_at=12.5),
+    Pull(worker=1, block=2, want=-1, clock=5),
+    Block(block=2, version=9, values=torch.randn(3)),
+    Bye(worker=3),
+    Heartbeat(worker=3),
+    Peek(block=0),
+    Leave(worker=3),
+    Leave(worker=3, pid=77),
+    Stop(),
+    Done(),
+]
+
+
+def test_every_kind_round_trips_with_its_types() -> None:
+    assert {type(m).KIND for m in EVERY_KIND} == set(KINDS)
+    for msg in EVERY_KIND:
+        back = decode([bytes(f) for f in encode(msg)])
+        assert type(back) is type(msg)
+        for name in KINDS[msg.KIND].cls.__dataclass_fields__:
+            mine, theirs = getattr(msg, name), getattr(back, name)
+            if isinstance(mine, torch.Tensor):
+                assert torch.equal(mine, theirs)
+            else:
+                assert mine == theirs and type(mine) is type(theirs)
+
+
+def test_the_header_keeps_the_short_wire_names() -> None:
+    header = msgpack.unpackb(encode(Push(worker=1, block=2, base=3, step=4, grad=torch.zeros(1), sent_at=0.5))[0])
+    assert header == {"k": "push", "w": 1, "j": 2, "base": 3, "step": 4, "ts": 0.5}
+    assert msgpack.unpackb(encode(Leave(worker=3))[0]) == {"k": "leave", "w": 3}  # absent optionals stay off
 
 
 def test_unroutable_reply_raises_instead_of_vanishing(pair) -> None:
     router, _ = pair
     with pytest.raises(zmq.ZMQError):
-        router.send_multipart([b"nobody", *encode("stop")])
+        router.send_multipart([b"nobody", *encode(Stop())])
 
 
 @pytest.mark.parametrize(
@@ -64,6 +121,9 @@ def test_unroutable_reply_raises_instead_of_vanishing(pair) -> None:
         ([msgpack.packb({"k": "push", "w": 0, "j": 1, "base": 0, "step": 0})], "has 1 frames, expected 2"),
         ([msgpack.packb({"k": "push", "w": 0, "j": 1, "base": 0, "step": 0}), b"abc"], "not a whole number"),
         ([msgpack.packb({"k": "bye", "w": 0}), b"extra"], "has 2 frames, expected 1"),
+        ([msgpack.packb({"k": "welcome", "s": 0, "digest": "x", "clock": 1.5})], "needs field 'clock'"),
+        ([msgpack.packb({"k": "leave", "w": 0, "pid": "1"})], "needs field 'pid'"),
+        ([msgpack.packb({"k": "push", "w": 0, "j": 1, "base": 0, "step": 0, "ts": "now"}), b""], "field 'ts'"),
         ([b"\x80" * 5000], "exceeds"),
     ],
 )
@@ -93,9 +153,9 @@ def test_payload_checks() -> None:
 
 def test_encode_refuses_payloads_it_cannot_send_without_copy() -> None:
     with pytest.raises(ValueError):
-        encode("push", torch.zeros(4, dtype=torch.float64), w=0, j=0, base=0, step=0)
+        encode(Push(0, 0, 0, 0, grad=torch.zeros(4, dtype=torch.float64)))
     with pytest.raises(ValueError):
-        encode("push", torch.zeros(4, 4).t(), w=0, j=0, base=0, step=0)
+        encode(Push(0, 0, 0, 0, grad=torch.zeros(4, 4).t()))
 
 
 def test_a_full_inbox_holds_messages_back_without_dropping_any() -> None:
@@ -110,12 +170,12 @@ def test_a_full_inbox_holds_messages_back_without_dropping_any() -> None:
     try:
         assert router.getsockopt(zmq.RCVHWM) == 1
         for i in range(40):
-            dealer.send_multipart(encode("push", torch.full((1 << 18,), float(i)), w=0, j=i, base=0, step=0))
+            dealer.send_multipart(encode(Push(0, i, 0, 0, grad=torch.full((1 << 18,), float(i)))))
         for i in range(40):
             assert router.poll(10_000), f"message {i} never arrived"
             identity, *frames = router.recv_multipart(copy=False)
             msg = decode(frames)
-            assert msg["j"] == i and float(msg.payload[0]) == i
+            assert msg.block == i and float(msg.grad[0]) == i
     finally:
         router.close(0)
         dealer.close(0)

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from ..records.eventlog import EventLog
 from ..training.evaluate import eval_mode, evaluate_loss_and_accuracy
 from ..training.workload import seed_model_init
-from ..transport.messages import BadMessage, decode, encode
+from ..transport.messages import BadMessage, Block, Peek, Stop, decode, encode
 from ..transport.sockets import connect_dealer
 from .flat import FlatModel, model_layout
 from .spec import FINAL_MODEL, RoleError, RoleSpec, connect_store, install_stop_handlers, store_set_json, watch_parent
@@ -86,7 +86,7 @@ class Evaluator:
     def snapshot(self, timeout: float) -> tuple[torch.Tensor, int] | None:
         """θ as the servers hold it now (a copy) and the total number of updates; None on timeout."""
         for block in self.layout.blocks:
-            self.socks[block.server].send_multipart(encode("peek", j=block.index))
+            self.socks[block.server].send_multipart(encode(Peek(block.index)))
         theta = torch.empty(self.layout.total)
         versions: dict[int, int] = {}
         deadline = time.monotonic() + timeout
@@ -102,11 +102,11 @@ class Evaluator:
                     msg = decode(sock.recv_multipart(copy=False))
                 except BadMessage:
                     continue
-                if msg.kind == "block" and 0 <= msg["j"] < self.layout.num_blocks:
-                    block = self.layout.blocks[msg["j"]]
-                    if msg.payload.numel() == block.size:
-                        theta[block.start : block.stop] = msg.payload
-                        versions[block.index] = msg["v"]
+                if isinstance(msg, Block) and 0 <= msg.block < self.layout.num_blocks:
+                    block = self.layout.blocks[msg.block]
+                    if msg.values.numel() == block.size:
+                        theta[block.start : block.stop] = msg.values
+                        versions[block.index] = msg.version
         return theta, sum(versions.values())
 
     def take(self, final: bool = False) -> None:
@@ -212,7 +212,7 @@ def serve_evaluator(spec: RoleSpec, model: nn.Module, metric: MetricFn | None) -
     def stop_servers() -> None:
         for sock in evaluator.socks:
             try:
-                sock.send_multipart(encode("stop"), zmq.NOBLOCK)
+                sock.send_multipart(encode(Stop()), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
 

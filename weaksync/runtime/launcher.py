@@ -29,7 +29,7 @@ from ..records.files import write_json
 from ..report.summary import summarize_run
 from ..stragglers.cgroup import CpuThrottle
 from ..training.workload import Workload, builtin_workload, seed_model_init
-from ..transport.messages import encode
+from ..transport.messages import Leave, Stop, encode
 from ..transport.sockets import connect_dealer
 from .flat import model_layout
 from .resources import freeze_inherited_objects
@@ -277,8 +277,8 @@ class LocalCluster:
     def exited(self) -> dict[str, int]:
         return {name: p.exitcode for name, p in self.procs.items() if p.exitcode is not None}
 
-    def tell_servers(self, kind: str, **fields: Any) -> None:
-        """Send a control message (leave/stop) to every server as the launcher."""
+    def tell_servers(self, msg: Leave | Stop) -> None:
+        """Send a control message to every server as the launcher."""
         ctx = zmq.Context.instance()
         for s in range(self.config.cluster.servers):
             try:
@@ -286,7 +286,7 @@ class LocalCluster:
             except Exception:
                 continue
             sock = connect_dealer(ctx, endpoint, b"launcher")
-            sock.send_multipart(encode(kind, **fields))
+            sock.send_multipart(encode(msg))
             sock.close(linger=1000)
 
     def stop_all(self) -> list[str]:
@@ -354,7 +354,7 @@ def _watch(cluster: LocalCluster, on_progress: ProgressCallback | None, poll_int
             if name in workers and config.on_worker_failure == "continue" and workers - cluster.gone:
                 # servers cap the push quorum at the live workers, so the others go on without it
                 rank = int(name.split("-")[1])
-                cluster.tell_servers("leave", w=rank, pid=cluster.procs[name].pid)  # that process, not a restart
+                cluster.tell_servers(Leave(rank, pid=cluster.procs[name].pid))  # that process, not a restart
                 cluster.prefixed.set(f"done/worker/{rank}", "failed")
                 continue
             why = cluster.error_of(name)

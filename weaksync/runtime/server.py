@@ -26,7 +26,24 @@ from ..records.files import write_atomically, write_json
 from ..stragglers.delays import delayer_for
 from ..training.optim import lr_function, momentum_function, optimizer_factory
 from ..training.workload import seed_model_init
-from ..transport.messages import BadMessage, Message, decode, encode, payload_problem
+from ..transport.messages import (
+    BadMessage,
+    Block,
+    Bye,
+    Done,
+    Heartbeat,
+    Hello,
+    Leave,
+    Peek,
+    Pull,
+    Push,
+    Refuse,
+    Stop,
+    Welcome,
+    decode,
+    encode,
+    payload_problem,
+)
 from ..transport.sockets import bind_router, inbox_hwm
 from .flat import block_values, model_layout
 from .outbox import Outbox
@@ -161,85 +178,84 @@ class Server:
             self.reject(identity, str(exc))
             return
         now = time.monotonic()
-        kind = msg.kind
-        if kind in ("push", "pull", "hello", "bye", "hb"):
-            worker = msg["w"]
-            expected = worker_identity(worker) + (b".hb" if kind == "hb" else b"")
+        if isinstance(msg, (Push, Pull, Hello, Bye, Heartbeat)):
+            expected = worker_identity(msg.worker) + (b".hb" if isinstance(msg, Heartbeat) else b"")
             if identity != expected:
-                self.reject(identity, f"'{kind}' claims worker {worker} from identity {identity!r}")
+                self.reject(identity, f"'{msg.KIND}' claims worker {msg.worker} from identity {identity!r}")
                 return
-        if kind == "push":
-            ts = msg.fields.get("ts")
-            if isinstance(ts, float):  # one-way delay of this link (clocks of one host, or NTP-synced hosts)
-                self.push_delays[msg["w"]].append(time.time() - ts)
-            self.push_msgs += 1
-            self.push_bytes += msg.payload.nbytes if msg.payload is not None else 0
-            block = self.blockstore.blocks.get(msg["j"])
-            problem = payload_problem(msg.payload, block.size) if block else None
-            if self.first_push is None:
-                self.first_push = now
-            actions = self.core.on_push(msg["w"], msg["j"], msg["base"], msg["step"], now, problem)
-            if problem:
-                self.log.write("drop", s=self.spec.rank, w=msg["w"], j=msg["j"], reason="malformed", detail=problem)
-            self.perform(sock, actions, msg)
-        elif kind == "pull":
-            self.pull_msgs += 1
-            self.perform(sock, self.core.on_pull(msg["w"], msg["j"], msg["want"], msg["clock"], now))
-        elif kind == "hello":
-            self.hello(sock, identity, msg, now)
-        elif kind == "bye":
-            self.perform(sock, self.core.on_bye(msg["w"], now))
-        elif kind == "leave" and identity in (LAUNCHER, EVALUATOR):
-            self.log.write("leave", s=self.spec.rank, w=msg["w"], why="launcher")
-            pid = msg.fields.get("pid")
-            self.perform(sock, self.core.worker_left(msg["w"], now, pid if isinstance(pid, int) else None))
-        elif kind == "peek" and identity == EVALUATOR:
-            j = msg["j"]
-            if j in self.blockstore.blocks:
-                self.send_block(sock, identity, j, self.core.version(j))
-        elif kind == "stop" and identity in (LAUNCHER, EVALUATOR):
-            self.stop_requested = True
-        elif kind == "hb":
-            self.perform(sock, self.core.on_heartbeat(msg["w"], now))
-        else:
-            self.reject(identity, f"unexpected '{kind}' from {identity!r}")
+        control = identity in (LAUNCHER, EVALUATOR)
+        match msg:
+            case Push():
+                self.push(sock, msg, now)
+            case Pull():
+                self.pull_msgs += 1
+                self.perform(sock, self.core.on_pull(msg.worker, msg.block, msg.want, msg.clock, now))
+            case Hello():
+                self.hello(sock, identity, msg, now)
+            case Bye():
+                self.perform(sock, self.core.on_bye(msg.worker, now))
+            case Heartbeat():
+                self.perform(sock, self.core.on_heartbeat(msg.worker, now))
+            case Leave() if control:
+                self.log.write("leave", s=self.spec.rank, w=msg.worker, why="launcher")
+                self.perform(sock, self.core.worker_left(msg.worker, now, msg.pid))
+            case Peek() if identity == EVALUATOR:
+                if msg.block in self.blockstore.blocks:
+                    self.send_block(sock, identity, msg.block, self.core.version(msg.block))
+            case Stop() if control:
+                self.stop_requested = True
+            case _:
+                self.reject(identity, f"unexpected '{msg.KIND}' from {identity!r}")
 
-    def hello(self, sock: zmq.Socket, identity: bytes, msg: Message, now: float) -> None:
-        worker = msg["w"]
+    def push(self, sock: zmq.Socket, msg: Push, now: float) -> None:
+        if msg.sent_at is not None:  # one-way delay of this link (clocks of one host, or NTP-synced hosts)
+            self.push_delays[msg.worker].append(time.time() - msg.sent_at)
+        self.push_msgs += 1
+        self.push_bytes += msg.grad.nbytes
+        block = self.blockstore.blocks.get(msg.block)
+        problem = payload_problem(msg.grad, block.size) if block else None
+        if self.first_push is None:
+            self.first_push = now
+        actions = self.core.on_push(msg.worker, msg.block, msg.base, msg.step, now, problem)
+        if problem:
+            self.log.write("drop", s=self.spec.rank, w=msg.worker, j=msg.block, reason="malformed", detail=problem)
+        self.perform(sock, actions, msg)
+
+    def hello(self, sock: zmq.Socket, identity: bytes, msg: Hello, now: float) -> None:
         problem = None
-        if msg["digest"] != self.layout.digest:
+        if msg.digest != self.layout.digest:
             problem = (
-                f"layout mismatch: worker {worker} built a model with layout {msg['digest']}, server "
+                f"layout mismatch: worker {msg.worker} built a model with layout {msg.digest}, server "
                 f"{self.spec.rank} has {self.layout.digest}: every rank must build the same model, blocks and servers"
             )
             self.reject(identity, problem)
-        actions = self.core.on_hello(worker, now, problem, process=msg["pid"])
+        actions = self.core.on_hello(msg.worker, now, problem, process=msg.pid)
         if any(isinstance(a, act.Welcome) for a in actions):
-            self.log.write("hello", s=self.spec.rank, w=worker, pid=msg["pid"])
+            self.log.write("hello", s=self.spec.rank, w=msg.worker, pid=msg.pid)
         self.perform(sock, actions)
 
-    def perform(self, sock: zmq.Socket, actions: list, msg: Message | None = None) -> None:
+    def perform(self, sock: zmq.Socket, actions: list, msg: Push | None = None) -> None:
         if len(self.core.choices) > self.logged_choices:
             self.logged_choices = log_new_choices(self.log, self.core.choices, self.logged_choices, s=self.spec.rank)
         for action in actions:
             if isinstance(action, act.Accept):
-                self.blockstore.accept(action, msg.payload)
+                self.blockstore.accept(action, msg.grad)
             elif isinstance(action, act.Send):
                 self.send_block(sock, worker_identity(action.worker), action.block, action.version, action.worker)
             elif isinstance(action, act.EndRun):
                 self.log.write("budget", s=self.spec.rank, steps=action.steps)
                 for worker in sorted(self.core.members.registered):
-                    self.send_to(sock, worker, encode("done"))
+                    self.send_to(sock, worker, encode(Done()))
             elif isinstance(action, act.Finished):
-                self.send_to(sock, action.worker, encode("done"))
+                self.send_to(sock, action.worker, encode(Done()))
             elif isinstance(action, act.Welcome):
                 # a resumed run or a rejoining worker: it goes on from this clock
-                reply = encode("welcome", s=self.spec.rank, digest=self.layout.digest, clock=action.clock)
+                reply = encode(Welcome(server=self.spec.rank, digest=self.layout.digest, clock=action.clock))
                 self.send_to(sock, action.worker, reply)
                 if action.rejoined:
                     self.log.write("rejoin", s=self.spec.rank, w=action.worker, clock=action.clock)
             elif isinstance(action, act.Refuse):
-                self.send_to(sock, action.worker, encode("refuse", reason=action.reason))
+                self.send_to(sock, action.worker, encode(Refuse(reason=action.reason)))
             elif isinstance(action, act.Expired):
                 self.log.write("leave", s=self.spec.rank, w=action.worker, why=f"silent for {action.silent_for:.1f}s")
             elif isinstance(action, act.Revived):
@@ -281,7 +297,7 @@ class Server:
     ) -> None:
         """Reply with the block's snapshot; an injected server or link delay holds it in the outbox."""
         payload = self.blockstore.snapshot(block)
-        frames = [identity, *encode("block", payload, j=block, v=version)]
+        frames = [identity, *encode(Block(block=block, version=version, values=payload))]
         delay = 0.0
         if worker is not None and (self.reply_delay.active or self.link_delays[worker].active):
             elapsed = 0.0 if self.first_push is None else time.monotonic() - self.first_push

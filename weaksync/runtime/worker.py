@@ -31,7 +31,20 @@ from ..records.files import write_json
 from ..stragglers.delays import delayer_for
 from ..training.data import BatchStream, shard_indices
 from ..training.workload import seed_model_init
-from ..transport.messages import BadMessage, decode, encode
+from ..transport.messages import (
+    BadMessage,
+    Block,
+    Bye,
+    Done,
+    Heartbeat,
+    Hello,
+    Pull,
+    Push,
+    Refuse,
+    Welcome,
+    decode,
+    encode,
+)
 from ..transport.sockets import connect_dealer
 from .flat import FlatModel, model_layout
 from .outbox import Outbox
@@ -144,7 +157,7 @@ class WorkerSession:
     def connect(self, ctx: zmq.Context, endpoints: list[str]) -> None:
         self.socks = [connect_dealer(ctx, ep, self.identity) for ep in endpoints]
         for sock in self.socks:
-            sock.send_multipart(encode("hello", w=self.id, digest=self.layout.digest, pid=os.getpid()))
+            sock.send_multipart(encode(Hello(worker=self.id, digest=self.layout.digest, pid=os.getpid())))
         pending = set(range(len(self.socks)))
         clock = 0
         left_total = self.spec.config.timeouts.connect
@@ -159,11 +172,11 @@ class WorkerSession:
             for s in list(pending):
                 if self.socks[s].poll(int(min(left, 0.1) * 1000)):
                     msg = decode(self.socks[s].recv_multipart())
-                    if msg.kind == "refuse":
-                        raise RegistrationError(f"server {s} refused worker {self.id}: {msg['reason']}")
-                    if msg.kind == "welcome":
+                    if isinstance(msg, Refuse):
+                        raise RegistrationError(f"server {s} refused worker {self.id}: {msg.reason}")
+                    if isinstance(msg, Welcome):
                         pending.discard(s)
-                        clock = max(clock, int(msg.fields.get("clock", 0)))
+                        clock = max(clock, msg.clock)
         if clock:
             self.core.resume_at(clock)  # a resumed run: the step count (and the data position) goes on
 
@@ -231,7 +244,7 @@ class WorkerSession:
         for p in pushes:
             block = self.layout.blocks[p.block]
             payload = vector[block.start : block.stop]
-            frames = encode("push", payload, w=self.id, j=p.block, base=p.base, step=p.step, ts=time.time())
+            frames = encode(Push(self.id, p.block, p.base, p.step, grad=payload, sent_at=time.time()))
             self.send(block.server, frames, payload.nbytes, plan.step)
             push_bytes += payload.nbytes
             self.links[block.server].push_bytes += payload.nbytes
@@ -310,7 +323,7 @@ class WorkerSession:
         for q in pulls:
             server = self.layout.blocks[q.block].server
             self.pull_sent[q.block] = now
-            self.send(server, encode("pull", w=self.id, j=q.block, want=q.want_gt, clock=q.clock), 0, self.core.step)
+            self.send(server, encode(Pull(self.id, q.block, want=q.want_gt, clock=q.clock)), 0, self.core.step)
         self.traffic.pull_msgs += len(pulls)
 
     def drain(self) -> None:
@@ -329,25 +342,25 @@ class WorkerSession:
         except BadMessage as exc:
             self.count_bad(str(exc))
             return
-        if msg.kind == "done":
+        if isinstance(msg, Done):
             self.done = True
             return
-        if msg.kind != "block":
-            self.count_bad(f"unexpected '{msg.kind}'")
+        if not isinstance(msg, Block):
+            self.count_bad(f"unexpected '{msg.KIND}'")
             return
-        j, v = msg["j"], msg["v"]
-        if not 0 <= j < self.layout.num_blocks or msg.payload.numel() != self.layout.blocks[j].size:
-            self.count_bad(f"block {j} with {msg.payload.numel()} values does not fit the layout")
+        j, v = msg.block, msg.version
+        if not 0 <= j < self.layout.num_blocks or msg.values.numel() != self.layout.blocks[j].size:
+            self.count_bad(f"block {j} with {msg.values.numel()} values does not fit the layout")
             return
         self.traffic.reply_msgs += 1
-        self.traffic.reply_bytes += msg.payload.nbytes
+        self.traffic.reply_bytes += msg.values.nbytes
         link = self.links[self.layout.blocks[j].server]
-        link.reply_bytes += msg.payload.nbytes
+        link.reply_bytes += msg.values.nbytes
         sent = self.pull_sent.pop(j, None)
         if sent is not None:
             link.rtt.append(time.monotonic() - sent)
         if self.core.on_block(j, v, time.monotonic()):
-            self.flat.install(self.layout.blocks[j], msg.payload)
+            self.flat.install(self.layout.blocks[j], msg.values)
             self.traffic.installed += 1
 
     def count_bad(self, reason: str) -> None:
@@ -404,7 +417,7 @@ class WorkerSession:
         self.publish_progress()
         for sock in self.socks:
             try:
-                sock.send_multipart(encode("bye", w=self.id), zmq.NOBLOCK)
+                sock.send_multipart(encode(Bye(self.id)), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
         self.log.write("end", w=self.id, status=self.status, steps=self.core.step)
@@ -429,7 +442,7 @@ def heartbeat(ctx: zmq.Context, endpoints: list[str], worker: int, interval: flo
     try:
         while not stop.wait(interval):
             for sock in socks:
-                sock.send_multipart(encode("hb", w=worker))
+                sock.send_multipart(encode(Heartbeat(worker)))
     finally:
         for sock in socks:
             sock.close(linger=0)

@@ -1,16 +1,20 @@
-"""Wire format: a msgpack header frame, then (for PUSH and BLOCK) one raw float32 payload frame.
+"""Wire format: one typed dataclass per message kind, sent as a msgpack header frame and, for `Push` and
+`Block`, one raw float32 payload frame.
 
-Every incoming message is checked here before any role sees it; a bad one raises `BadMessage` with a
-reason the caller counts and logs. Payloads are decoded as views of the received frame (no copy).
+Every incoming message is checked here before any role sees it: `decode` returns one of the message classes
+with every field of its declared type, or raises `BadMessage` with a reason the caller counts and logs.
+Payloads are decoded as views of the received frame (no copy). The header keeps the short field names
+(`w`, `j`, `s`, `v`) of the original format, so the bytes on the wire did not change with the types.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Union, get_type_hints
 
 import msgpack
 import numpy as np
@@ -26,42 +30,164 @@ class BadMessage(WeaksyncError, ValueError):
     """A message that does not follow the wire format; never fatal to the receiver."""
 
 
-# kind -> (required integer/str fields, has payload)
-SCHEMA: dict[str, tuple[dict[str, type], bool]] = {
-    "hello": ({"w": int, "digest": str, "pid": int}, False),
-    "welcome": ({"s": int, "digest": str}, False),
-    "refuse": ({"reason": str}, False),
-    "push": ({"w": int, "j": int, "base": int, "step": int}, True),
-    "pull": ({"w": int, "j": int, "want": int, "clock": int}, False),
-    "block": ({"j": int, "v": int}, True),
-    "bye": ({"w": int}, False),
-    "hb": ({"w": int}, False),
-    "peek": ({"j": int}, False),
-    "leave": ({"w": int}, False),
-    "stop": ({}, False),
-    "done": ({}, False),
-}
+# -- the messages --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Worker → server: register, with the layout digest every rank must share and the worker's process."""
+
+    KIND: ClassVar[str] = "hello"
+    worker: int
+    digest: str
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """Server → worker: registered; `clock` is where a resumed run or a rejoining worker goes on from."""
+
+    KIND: ClassVar[str] = "welcome"
+    server: int
+    digest: str
+    clock: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    KIND: ClassVar[str] = "refuse"
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Push:
+    """Worker → server: the gradient of one block, computed on version `base` in the worker's step `step`;
+    `sent_at` (wall clock) measures the link's one-way delay."""
+
+    KIND: ClassVar[str] = "push"
+    worker: int
+    block: int
+    base: int
+    step: int
+    grad: torch.Tensor
+    sent_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pull:
+    """Worker → server: send block `block` once its version exceeds `want` (now, if it already does)."""
+
+    KIND: ClassVar[str] = "pull"
+    worker: int
+    block: int
+    want: int
+    clock: int
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """Server → worker or evaluator: a block's values at `version`."""
+
+    KIND: ClassVar[str] = "block"
+    block: int
+    version: int
+    values: torch.Tensor
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    KIND: ClassVar[str] = "bye"
+    worker: int
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    KIND: ClassVar[str] = "hb"
+    worker: int
+
+
+@dataclass(frozen=True, slots=True)
+class Peek:
+    """Evaluator → server: send block `block` as it is now, outside the protocol."""
+
+    KIND: ClassVar[str] = "peek"
+    block: int
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    """Launcher → server: worker `worker`'s process `pid` died (a restarted process has another pid)."""
+
+    KIND: ClassVar[str] = "leave"
+    worker: int
+    pid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    KIND: ClassVar[str] = "stop"
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    KIND: ClassVar[str] = "done"
+
+
+Message = Union[Hello, Welcome, Refuse, Push, Pull, Block, Bye, Heartbeat, Peek, Leave, Stop, Done]
+
+# attribute -> header key: the wire keeps the short names of the first format
+_WIRE_KEYS = {"worker": "w", "block": "j", "server": "s", "version": "v", "sent_at": "ts"}
 
 
 @dataclass(frozen=True)
-class Message:
-    kind: str
-    fields: dict[str, Any]
-    payload: torch.Tensor | None = None
-
-    def __getitem__(self, key: str) -> Any:
-        return self.fields[key]
+class _Field:
+    name: str
+    key: str
+    types: tuple[type, ...]
+    required: bool
 
 
-def encode(kind: str, payload: torch.Tensor | None = None, **fields: Any) -> list[Any]:
+@dataclass(frozen=True)
+class _Kind:
+    cls: type
+    fields: tuple[_Field, ...]
+    payload: str | None  # the attribute that travels as the second frame
+
+
+def _describe(cls: type) -> _Kind:
+    hints = get_type_hints(cls)
+    fields: list[_Field] = []
+    payload = None
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if hint is torch.Tensor:
+            payload = f.name
+            continue
+        types = tuple(t for t in getattr(hint, "__args__", (hint,)) if t is not type(None))
+        required = f.default is dataclasses.MISSING
+        fields.append(_Field(f.name, _WIRE_KEYS.get(f.name, f.name), types, required))
+    return _Kind(cls, tuple(fields), payload)
+
+
+KINDS: dict[str, _Kind] = {cls.KIND: _describe(cls) for cls in Message.__args__}
+
+
+def encode(msg: Message) -> list[Any]:
     """Frames for `send_multipart(..., copy=False)`: the payload goes out as a view of the tensor, so the
     caller must not modify it afterwards (servers send immutable snapshots, workers fresh gradients)."""
-    header = msgpack.packb({"k": kind, **fields})
-    if payload is None:
-        return [header]
-    if payload.dtype != torch.float32 or not payload.is_contiguous():
-        raise ValueError("payloads must be contiguous float32 tensors")
-    return [header, memoryview(payload.numpy()).cast("B")]
+    kind = KINDS[msg.KIND]
+    header: dict[str, Any] = {"k": msg.KIND}
+    for f in kind.fields:
+        value = getattr(msg, f.name)
+        if value is not None:
+            header[f.key] = value
+    frames: list[Any] = [msgpack.packb(header)]
+    if kind.payload is not None:
+        payload = getattr(msg, kind.payload)
+        if payload.dtype != torch.float32 or not payload.is_contiguous():
+            raise ValueError("payloads must be contiguous float32 tensors")
+        frames.append(memoryview(payload.numpy()).cast("B"))
+    return frames
 
 
 def decode(frames: Sequence[Any]) -> Message:
@@ -77,19 +203,24 @@ def decode(frames: Sequence[Any]) -> Message:
         raise BadMessage(f"header is not msgpack: {type(exc).__name__}") from None
     if not isinstance(header, dict) or not isinstance(header.get("k"), str):
         raise BadMessage("header must be a map with a string 'k'")
-    kind = header.pop("k")
-    if kind not in SCHEMA:
-        raise BadMessage(f"unknown message kind '{kind}'")
-    required, has_payload = SCHEMA[kind]
-    for name, typ in required.items():
-        value = header.get(name)
-        if not isinstance(value, typ) or isinstance(value, bool):
-            raise BadMessage(f"'{kind}' needs field '{name}' of type {typ.__name__}")
-    expected_frames = 2 if has_payload else 1
+    name = header["k"]
+    kind = KINDS.get(name)
+    if kind is None:
+        raise BadMessage(f"unknown message kind '{name}'")
+    values: dict[str, Any] = {}
+    for f in kind.fields:
+        value = header.get(f.key)
+        if value is None and not f.required:
+            continue
+        if not isinstance(value, f.types) or isinstance(value, bool):
+            raise BadMessage(f"'{name}' needs field '{f.key}' of type {f.types[0].__name__}")
+        values[f.name] = value
+    expected_frames = 1 if kind.payload is None else 2
     if len(frames) != expected_frames:
-        raise BadMessage(f"'{kind}' has {len(frames)} frames, expected {expected_frames}")
-    payload = _payload(frames[1]) if has_payload else None
-    return Message(kind, header, payload)
+        raise BadMessage(f"'{name}' has {len(frames)} frames, expected {expected_frames}")
+    if kind.payload is not None:
+        values[kind.payload] = _payload(frames[1])
+    return kind.cls(**values)
 
 
 def _buffer(frame: Any) -> memoryview:
