@@ -16,12 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from weaksync.testbed import netcluster
 from weaksync.testbed.netcluster import NetCluster, NetClusterError, cleanup_stale, list_namespaces
 
 pytestmark = pytest.mark.e2e
 PY = sys.executable
-MODULE_FILE = Path(netcluster.__file__)
 
 
 def _netns_unavailable() -> str | None:
@@ -137,12 +135,11 @@ def test_sigterm_cleans_up_then_reaches_the_previous_handler() -> None:
 
 
 def test_cleanup_stale_removes_only_dead_clusters_of_the_pattern() -> None:
-    # a cluster whose process was SIGKILLed: no handler, no atexit ran (the module runs on its own: no torch)
+    # a cluster whose process was SIGKILLed: no handler, no atexit ran
     script = (
-        "import importlib.util, sys, time\n"
-        f"spec = importlib.util.spec_from_file_location('nc', {str(MODULE_FILE)!r})\n"
-        "nc = sys.modules['nc'] = importlib.util.module_from_spec(spec); spec.loader.exec_module(nc)\n"
-        "net = nc.NetCluster(2, prefix='wst').start(); print(net.name, flush=True); time.sleep(60)\n"
+        "import time\n"
+        "from weaksync.testbed.netcluster import NetCluster\n"
+        "net = NetCluster(2, prefix='wst').start(); print(net.name, flush=True); time.sleep(60)\n"
     )
     crashed = subprocess.Popen([PY, "-c", script], stdout=subprocess.PIPE, text=True)
     dead = crashed.stdout.readline().strip()  # type: ignore[union-attr]

@@ -54,3 +54,44 @@ def test_resume_needs_a_checkpoint_of_every_server(tmp_path: Path) -> None:
     (run_dir / "config.yaml").write_text("cluster: {servers: 2}\n")
     with pytest.raises(ConfigError, match=r"no checkpoint of server\(s\) \[0, 1\]"):
         run_local(resume_config(run_dir))
+
+
+def test_a_script_run_resumes_from_the_cli_with_its_recorded_script(tmp_path: Path, capsys, monkeypatch) -> None:
+    """`weaksync run --resume RUN_DIR` reruns the script (and arguments) the run recorded and goes on from its
+    checkpoints: a finished 60-step run, resumed with a 120-step budget, trains only the 60 steps left."""
+    import json
+    import sys
+
+    import weaksync
+    from weaksync.cli.main import main
+    from weaksync.runtime.launcher import recorded_script
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "regression.py"
+    cfg = small_config(tmp_path / "first", **{"sync.mode": "bsp", "train.steps": 60})
+    first = weaksync.run(script, ["--unused-by-the-example"], config=cfg)
+    assert recorded_script(first.run_dir) == weaksync.runtime.launcher.Script(str(script), ("--unused-by-the-example",))
+
+    argv = ["weaksync", "run", "--resume", str(first.run_dir), "--steps", "120", "--quiet",
+            "--out-dir", str(tmp_path / "resumed")]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        main()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    run_dir = only_run_dir(tmp_path / "resumed")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["worker_status"] == {str(w): "done" for w in range(4)}
+    assert abs(summary["steps"] - 4 * 60) <= 8, summary["steps"]  # only what was left of the budget
+    assert min(e["step"] for e in events(run_dir, "worker-0") if e["ev"] == "step") == 60
+    assert summary["metric"]["final"] < 0.25, summary["metric"]
+    assert json.loads((run_dir / "meta.json").read_text())["script_args"] == ["--unused-by-the-example"]
+
+
+def test_resuming_a_train_run_as_a_script_names_the_fix(tmp_path: Path) -> None:
+    from weaksync.runtime.launcher import recorded_script
+
+    (tmp_path / "meta.json").write_text('{"mode": "bsp"}')
+    with pytest.raises(ConfigError, match=r"names no script\): name the script to run"):
+        recorded_script(tmp_path)

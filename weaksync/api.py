@@ -10,7 +10,7 @@ from torch import nn
 
 from .config import Config, load_config
 from .runtime.evaluator import MetricFn
-from .runtime.launcher import ProgressCallback, RunResult, Script, run_local
+from .runtime.launcher import ProgressCallback, RunResult, Script, resume_config, run_local
 from .runtime.roles import current_role
 from .runtime.script import MetricTarget
 from .runtime.script import connect as _connect
@@ -60,10 +60,16 @@ def run(
     config: Config | str | Path | None = None,
     overrides: dict[str, Any] | None = None,
     on_progress: ProgressCallback | None = None,
+    resume: str | Path | None = None,
 ) -> RunResult:
-    """`weaksync run SCRIPT ARGS...` from Python: the script in every role on the embedded cluster."""
-    cfg = _config(config, overrides)
-    return run_local(cfg, on_progress=on_progress, script=Script(str(Path(script).resolve()), tuple(args or ())))
+    """`weaksync run SCRIPT ARGS...` from Python: the script in every role on the embedded cluster.
+
+    `resume` (a stopped run's directory) continues that run from its servers' checkpoints in a new run
+    directory: its configuration, with `overrides` on top (`config` is not read then). Workers go on from
+    their step counts (`ps.step`), so a loop that keeps its own data position can go on from there too."""
+    script_ = Script(str(Path(script).resolve()), tuple(args or ()))
+    cfg = resume_config(Path(resume), overrides) if resume is not None else _config(config, overrides)
+    return run_local(cfg, on_progress=on_progress, script=script_)
 
 
 def _config(config: Config | str | Path | None, overrides: dict[str, Any] | None) -> Config:

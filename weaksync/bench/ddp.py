@@ -20,7 +20,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,6 @@ from ..runtime.launcher import (
     finish_run,
     make_run_dir,
     prepare,
-    stop_processes,
 )
 from ..runtime.resources import peak_rss_bytes
 from ..runtime.spec import (
@@ -49,6 +47,7 @@ from ..runtime.spec import (
     install_stop_handlers,
     watch_parent,
 )
+from ..runtime.supervisor import Supervisor
 from ..stragglers.delays import delayer_for
 from ..training.data import BatchStream, shard_indices
 from ..training.evaluate import evaluate_loss_and_accuracy
@@ -275,49 +274,48 @@ def run_ddp(config: Config, workload: Workload | None = None, poll_interval: flo
     )
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload([*PRELOAD, "weaksync.bench.ddp"])
-    procs: dict[str, BaseProcess] = {}
+    processes = Supervisor(config.timeouts.shutdown)
     throttle = None
     failure: str | None = None
     try:
         for rank in range(config.cluster.workers):
             spec = DdpSpec(rank, config, workload, str(run_dir), store.port, run_dir.name, os.getpid())
-            proc = ctx.Process(target=_entry, args=(spec,), name=f"weaksync-ddp-{spec.name}", daemon=False)
-            proc.start()
-            procs[spec.name] = proc
-        workers_throttled = {n: f for n, f in config.throttle.items() if n in procs}
+            processes.spawn(spec.name, ctx, _entry, (spec,))
+        workers_throttled = {n: f for n, f in config.throttle.items() if n in processes.names()}
         if workers_throttled:
             from ..stragglers.cgroup import CpuThrottle
 
             throttle = CpuThrottle(run_dir.name)
             for name, fraction in workers_throttled.items():
-                throttle.set(name, procs[name].pid, fraction)
-        failure = _watch(procs, run_dir, poll_interval)
+                throttle.set(name, processes.pid(name), fraction)
+        failure = _watch(processes, run_dir, poll_interval)
     except KeyboardInterrupt:
         failure = INTERRUPTED
     finally:
-        killed = stop_processes(procs, config.timeouts.shutdown)
+        killed = processes.stop()
         if throttle is not None:
             throttle.close()
         del store  # closes the store's server socket
-    return finish_run(run_dir, config, failure, killed, len(procs))
+    return finish_run(run_dir, config, failure, killed, len(processes))
 
 
-def _watch(procs: dict[str, BaseProcess], run_dir: Path, poll_interval: float) -> str | None:
+def _watch(processes: Supervisor, run_dir: Path, poll_interval: float) -> str | None:
     """Wait until every rank exited; a failed rank fails the run (all-reduce cannot go on without it)."""
     while True:
-        failed = [name for name, p in procs.items() if p.exitcode not in (None, 0)]
+        exited = processes.exited()
+        failed = [name for name, code in exited.items() if code != 0]
         if failed:
             # a rank that fails closes its gloo pairs, so its peers fail next with "Connection reset by
             # peer": the oldest error file is the cause, written before that rank exited
             errors = sorted((run_dir / "procs").glob("worker-*.error"), key=lambda f: f.stat().st_mtime_ns)
             name = errors[0].stem if errors else failed[0]
             why = errors[0].read_text().strip() if errors else None
-            code = procs[name].exitcode if name in procs else None
+            code = exited.get(name)
             state = describe_exit(code) if code is not None else "failed"
             return (
                 f"{name} stopped unexpectedly ({state}{': ' + why if why else ''}); "
                 "stopping the run (DDP needs every rank)"
             )
-        if all(p.exitcode == 0 for p in procs.values()):
+        if len(exited) == len(processes):
             return None
         time.sleep(poll_interval)

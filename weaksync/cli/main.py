@@ -108,7 +108,9 @@ def train(
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def run(
-    script: Path = typer.Argument(..., help="a Python script that calls weaksync.connect(model)"),
+    script: Path | None = typer.Argument(
+        None, help="a Python script that calls weaksync.connect(model) (with --resume: the one the run ran)"
+    ),
     args: list[str] = typer.Argument(None, help="the script's own arguments (after --)"),
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML config; flags override it"),
     mode: str | None = typer.Option(None, help="auto | bsp | backup | partial-pull | partial | ssp | async"),
@@ -123,12 +125,16 @@ def run(
     name: str | None = typer.Option(None, help="run directory name"),
     set_: list[str] = typer.Option([], "--set", help="any config field: section.field=value (repeatable)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no live progress"),
+    resume: Path | None = typer.Option(None, "--resume", help="continue a stopped run from its checkpoints"),
 ) -> None:
     """Run your own script on the embedded cluster: it starts once per server, worker and the evaluator, and
     weaksync.connect(model) gives each its role (as under torchrun, one host)."""
-    from ..runtime.launcher import Script, check_script
+    from ..runtime.launcher import Script, check_script, recorded_script, resume_config
 
-    check_script(str(script))
+    if script is None and resume is None:
+        raise ConfigError("weaksync run needs a script: weaksync run my_script.py [ARGS...]")
+    if script is not None:
+        check_script(str(script))
     overrides = {
         "sync.mode": mode,
         "cluster.workers": workers,
@@ -142,8 +148,12 @@ def run(
         "run.name": name,
         **parse_set_pairs(set_),
     }
-    cfg = load_config(config, overrides)
-    _launch(cfg, quiet, script=Script(str(script.resolve()), tuple(args or ())))
+    if resume is not None:
+        again = recorded_script(resume) if script is None else Script(str(script.resolve()), tuple(args or ()))
+        _launch(resume_config(resume, overrides), quiet, script=again)
+        return
+    assert script is not None
+    _launch(load_config(config, overrides), quiet, script=Script(str(script.resolve()), tuple(args or ())))
 
 
 def _launch(cfg: Config, quiet: bool, script: Script | None = None) -> None:

@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +28,12 @@ from ..records.files import write_json
 from ..report.summary import summarize_run
 from ..stragglers.cgroup import CpuThrottle
 from ..training.workload import Workload, builtin_workload, seed_model_init
-from ..transport.messages import Leave, Stop, encode
+from ..transport.messages import Leave, encode
 from ..transport.sockets import connect_dealer
 from .flat import model_layout
 from .resources import freeze_inherited_objects
 from .spec import FINAL_MODEL, RoleError, RoleSpec, checkpoint_file, run_meta
+from .supervisor import Supervisor
 
 PRELOAD = [
     "torch",
@@ -168,6 +168,18 @@ def resume_config(run_dir: Path, overrides: dict[str, Any] | None = None) -> Con
     )
 
 
+def recorded_script(run_dir: Path) -> Script:
+    """The script (and its arguments) a `weaksync run` wrote into its run directory: what --resume reruns."""
+    meta_path = run_dir / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    if not isinstance(meta.get("script"), str):
+        raise ConfigError(
+            f"--resume: '{run_dir}' was not a `weaksync run SCRIPT` run (its meta.json names no script): "
+            "name the script to run, or resume a `weaksync train` run with `weaksync train --resume`"
+        )
+    return Script(meta["script"], tuple(str(a) for a in meta.get("script_args", [])))
+
+
 def check_script(path: str) -> None:
     """A script to run must exist and be Python, before any process starts."""
     p = Path(path)
@@ -184,23 +196,6 @@ def make_run_dir(config: Config) -> Path:
         raise ConfigError(f"run.name: run directory '{run_dir}' already exists: choose another run.name or remove it")
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
-
-
-def stop_processes(procs: dict[str, BaseProcess], grace: float) -> list[str]:
-    """SIGTERM everyone still running, wait the grace, SIGKILL the rest; returns the names killed."""
-    alive = [p for p in procs.values() if p.is_alive()]
-    for p in alive:
-        p.terminate()
-    deadline = time.monotonic() + grace
-    for p in alive:
-        p.join(max(0.0, deadline - time.monotonic()))
-    killed = []
-    for name, p in procs.items():
-        if p.is_alive():
-            p.kill()
-            p.join(5)
-            killed.append(name)
-    return killed
 
 
 def finish_run(run_dir: Path, config: Config, failure: str | None, killed: list[str], processes: int) -> RunResult:
@@ -238,7 +233,7 @@ class LocalCluster:
         self.prefixed = PrefixStore(f"weaksync/{self.run_id}/", self.store)
         self.ctx = mp.get_context("forkserver")
         self.ctx.set_forkserver_preload(PRELOAD)
-        self.procs: dict[str, BaseProcess] = {}
+        self.processes = Supervisor(config.timeouts.shutdown)
         self.gone: set[str] = set()
         self.throttle: CpuThrottle | None = None
 
@@ -262,22 +257,17 @@ class LocalCluster:
         specs = [self.spec("server", s) for s in range(c.servers)] + [self.spec("evaluator", 0)]
         specs += [self.spec("worker", w) for w in range(c.workers)]
         for spec in specs:
-            proc = self.ctx.Process(target=_entry, args=(spec,), name=f"weaksync-{spec.name}", daemon=False)
-            proc.start()
-            self.procs[spec.name] = proc
+            self.processes.spawn(spec.name, self.ctx, _entry, (spec,))
         if self.config.throttle:  # real slowdowns: the kernel caps these processes' CPU
             self.throttle = CpuThrottle(self.run_id)
             for name, fraction in self.config.throttle.items():
-                self.throttle.set(name, self.procs[name].pid, fraction)
+                self.throttle.set(name, self.processes.pid(name), fraction)
 
     def error_of(self, name: str) -> str | None:
         path = self.run_dir / "procs" / f"{name}.error"
         return path.read_text().strip() if path.exists() else None
 
-    def exited(self) -> dict[str, int]:
-        return {name: p.exitcode for name, p in self.procs.items() if p.exitcode is not None}
-
-    def tell_servers(self, msg: Leave | Stop) -> None:
+    def tell_servers(self, msg: Leave) -> None:
         """Send a control message to every server as the launcher."""
         ctx = zmq.Context.instance()
         for s in range(self.config.cluster.servers):
@@ -288,9 +278,6 @@ class LocalCluster:
             sock = connect_dealer(ctx, endpoint, b"launcher")
             sock.send_multipart(encode(msg))
             sock.close(linger=1000)
-
-    def stop_all(self) -> list[str]:
-        return stop_processes(self.procs, self.config.timeouts.shutdown)
 
     def progress(self) -> dict[str, Any]:
         out: dict[str, Any] = {"workers": {}}
@@ -320,6 +307,7 @@ def run_local(
         workload, meta = prepare(config, workload)
     else:
         check_script(script.path)
+        check_resume(config)
         meta = None  # server 0 writes it: only the script builds the model
     run_dir = make_run_dir(config)
     (run_dir / "config.yaml").write_text(dump_config(config))
@@ -333,11 +321,11 @@ def run_local(
     except KeyboardInterrupt:
         failure = INTERRUPTED
     finally:
-        killed = cluster.stop_all()
+        killed = cluster.processes.stop()
         if cluster.throttle is not None:
             cluster.throttle.close()
         cluster.store = None  # type: ignore[assignment]  # closes the store's server socket
-    return finish_run(run_dir, config, failure, killed, len(cluster.procs))
+    return finish_run(run_dir, config, failure, killed, len(cluster.processes))
 
 
 def _watch(cluster: LocalCluster, on_progress: ProgressCallback | None, poll_interval: float) -> str | None:
@@ -346,7 +334,7 @@ def _watch(cluster: LocalCluster, on_progress: ProgressCallback | None, poll_int
     workers = {f"worker-{w}" for w in range(config.cluster.workers)}
     last_progress = 0.0
     while True:
-        exited = cluster.exited()
+        exited = cluster.processes.exited()
         for name, code in exited.items():
             if code == 0 or name in cluster.gone:
                 continue
@@ -354,7 +342,7 @@ def _watch(cluster: LocalCluster, on_progress: ProgressCallback | None, poll_int
             if name in workers and config.on_worker_failure == "continue" and workers - cluster.gone:
                 # servers cap the push quorum at the live workers, so the others go on without it
                 rank = int(name.split("-")[1])
-                cluster.tell_servers(Leave(rank, pid=cluster.procs[name].pid))  # that process, not a restart
+                cluster.tell_servers(Leave(rank, pid=cluster.processes.pid(name)))  # that process, not a restart
                 cluster.prefixed.set(f"done/worker/{rank}", "failed")
                 continue
             why = cluster.error_of(name)
@@ -362,7 +350,7 @@ def _watch(cluster: LocalCluster, on_progress: ProgressCallback | None, poll_int
                 f"{name} stopped unexpectedly ({describe_exit(code)}{': ' + why if why else ''}); "
                 f"stopping the run (on_worker_failure={config.on_worker_failure})"
             )
-        if len(exited) == len(cluster.procs):
+        if len(exited) == len(cluster.processes):
             return None
         now = time.monotonic()
         if on_progress is not None and now - last_progress > 1.0:

@@ -66,7 +66,8 @@ def connect(
 
         if spec.rank == 0 and not (spec.path / "meta.json").exists():
             layout = model_layout(model, spec.config.cluster.servers, spec.config.cluster.blocks)
-            write_json(spec.path / "meta.json", {**run_meta(spec.config, layout), "script": sys.argv[0]})
+            script = {"script": str(Path(sys.argv[0]).resolve()), "script_args": sys.argv[1:]}  # what --resume reruns
+            write_json(spec.path / "meta.json", {**run_meta(spec.config, layout), **script})
         finished = serve_server(spec, model)
         if ENV_ROLE not in os.environ and spec.rank == 0:  # torchrun: server 0 summarises the run
             from .torchrun import write_summary

@@ -24,6 +24,7 @@ from torch.distributed import TCPStore
 from ..config import Config, ConfigError, dump_config, load_config, parse_set_pairs
 from ..records.files import write_json
 from .spec import RoleSpec
+from .supervisor import Supervisor
 
 
 def env_int(name: str) -> int:
@@ -128,23 +129,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from .server import run_server
 
-    evaluator = None
+    evaluator = Supervisor(grace=0.0)
     if rid == 0:
         (run_dir / "config.yaml").write_text(dump_config(config))
         write_json(run_dir / "meta.json", meta)
         eval_spec = RoleSpec("evaluator", 0, config, workload, host, port, run_id, str(run_dir), watch_pid=os.getpid())
-        evaluator = mp.get_context("spawn").Process(
-            target=_evaluator_entry, args=(eval_spec,), name="weaksync-evaluator"
-        )
-        evaluator.start()
+        evaluator.spawn("evaluator", mp.get_context("spawn"), _evaluator_entry, (eval_spec,))
     finished = False
     try:
         finished = run_server(spec)
     finally:
-        if evaluator is not None:
-            evaluator.join(config.timeouts.shutdown)
-            if evaluator.is_alive():
-                evaluator.kill()
+        evaluator.wait(config.timeouts.shutdown)  # it saves the final model after the servers stopped
+        evaluator.stop()
     if rid == 0:
         write_summary(run_dir, config, wait=finished)  # interrupted: the others are gone, do not wait
     del keep_store

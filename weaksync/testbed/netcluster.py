@@ -36,13 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-try:
-    from ..errors import WeaksyncError
-except ImportError:  # loaded as a lone file (the crash test does, to stay free of torch): no package around it
-
-    class WeaksyncError(Exception):  # type: ignore[no-redef]
-        """Stands in for weaksync.errors.WeaksyncError when there is no package."""
-
+from ..errors import WeaksyncError
+from ..runtime.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -199,7 +194,7 @@ class NetCluster:
         self.limits: dict[int, str] = {}
         self.limit_log: list[dict[str, Any]] = []  # every limit() call, with its time: evidence for a run
         self._created: list[str] = []
-        self._procs: list[subprocess.Popen] = []
+        self._processes = Supervisor(grace)
         self._started = False
         self._closed = False
         self._closing = False
@@ -404,30 +399,12 @@ class NetCluster:
         with self._lock:
             if self._closed or self._closing:
                 raise NetClusterError("the cluster is closed")
-            proc = subprocess.Popen(self.exec_argv(host, argv), start_new_session=True, **kwargs)
-            self._procs.append(proc)
-        return proc
+            return self._processes.popen(None, self.exec_argv(host, argv), **kwargs)
 
     def stop_processes(self, grace: float | None = None) -> None:
         """SIGTERM every process group started with popen(), SIGKILL what is left after `grace` seconds,
         then SIGKILL anything else still inside the cluster's namespaces."""
-        grace = self.grace if grace is None else grace
-        alive = [p for p in self._procs if p.poll() is None]
-        for p in alive:
-            _signal_group(p.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for p in alive:
-            try:
-                p.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        for p in alive:
-            _signal_group(p.pid, signal.SIGKILL)  # also the group's leftovers when its leader exited
-        for p in alive:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
+        self._processes.stop(self.grace if grace is None else grace)
         self._sweep()
 
     def _sweep(self, timeout: float = 5.0) -> None:
@@ -450,13 +427,6 @@ class NetCluster:
             ],  # fmt: skip
             "limit_log": self.limit_log,
         }
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 # ----------------------------------------------------------------------------------------------------
