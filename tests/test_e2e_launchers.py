@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from weaksync.transport.security import RunKeys
+
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,11 +22,16 @@ def torchrun(nproc: int, *args: str) -> list[str]:
             "--max-restarts", "0", "-m", "weaksync.runtime.torchrun", *args]  # fmt: skip
 
 
-def write_config(tmp_path: Path, workers: int, servers: int, steps: int) -> Path:
+def write_config(tmp_path: Path, workers: int, servers: int, steps: int, keys: bool = True) -> Path:
+    """A launch's config; its CURVE keys written as `weaksync keys` writes them."""
     config = tmp_path / "run.yaml"
+    security = ""
+    if keys:
+        RunKeys.generate(workers).write(tmp_path / "keys")
+        security = f"security: {{keys: '{tmp_path / 'keys'}'}}\n"
     config.write_text(
         f"cluster: {{workers: {workers}, servers: {servers}}}\ntrain: {{steps: {steps}, eval_interval: 0.5}}\n"
-        f"run: {{out_dir: '{tmp_path / 'runs'}'}}\n"
+        f"run: {{out_dir: '{tmp_path / 'runs'}'}}\n{security}"
     )
     return config
 
@@ -40,11 +47,16 @@ def test_torchrun_one_launch_trains(tmp_path: Path) -> None:
     assert summary["final_accuracy"] >= 0.8
 
 
-def test_torchrun_world_size_mismatch_is_one_line(tmp_path: Path) -> None:
+def test_torchrun_world_size_mismatch_and_missing_keys_are_one_line(tmp_path: Path) -> None:
     result = subprocess.run(torchrun(2, "--set", f"run.out_dir={tmp_path}"), capture_output=True, text=True,
                             timeout=240)  # fmt: skip
     assert result.returncode != 0
     assert "torchrun started 2 processes but cluster.servers + cluster.workers = 6" in result.stderr
+    config = write_config(tmp_path, workers=1, servers=1, steps=10, keys=False)
+    result = subprocess.run(torchrun(2, "--config", str(config)), capture_output=True, text=True, timeout=240)
+    assert result.returncode != 0
+    assert "weaksync: error: security.keys: a torchrun launch needs the run's keys" in result.stderr
+    assert "weaksync/runtime" not in result.stderr  # no traceback of ours (torchrun prints its own summary)
 
 
 def test_torchrun_servers_and_workers_as_two_launches(tmp_path: Path) -> None:

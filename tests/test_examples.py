@@ -18,6 +18,7 @@ from conftest import small_config
 
 import weaksync
 from weaksync.runtime.spec import FINAL_MODEL
+from weaksync.transport.security import RunKeys
 
 pytestmark = pytest.mark.e2e
 
@@ -76,9 +77,10 @@ def test_examples_run_under_torchrun(tmp_path: Path, name: str, mode: str, metri
     """The same scripts, one process per server, worker and the evaluator: roles from ranks (one server and
     three workers, so that a launch costs five interpreters, not seven)."""
     config = tmp_path / "run.yaml"
+    RunKeys.generate(3).write(tmp_path / "keys")  # what `weaksync keys DIR --workers 3` writes
     config.write_text(
         f"sync: {{mode: {mode}}}\ncluster: {{workers: 3, servers: 1}}\ntrain: {{steps: 100}}\n"
-        f"run: {{out_dir: {tmp_path / 'runs'}}}\n"
+        f"run: {{out_dir: {tmp_path / 'runs'}}}\nsecurity: {{keys: {tmp_path / 'keys'}}}\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WEAKSYNC_CONFIG": str(config)}
     torchrun = str(Path(sys.executable).parent / "torchrun")

@@ -41,6 +41,15 @@ class CheckpointSection(_Section):
     )
 
 
+class SecuritySection(_Section):
+    curve: bool = Field(
+        True, description="CURVE on every data-plane socket: encrypted, and each peer only the role its key names"
+    )
+    keys: str | None = Field(
+        None, description="folder `weaksync keys` wrote (torchrun, several hosts); embedded runs make their own"
+    )
+
+
 class ClusterSection(_Section):
     workers: int = Field(4, ge=1, le=1024)
     servers: int = Field(2, ge=1, le=256)
@@ -163,6 +172,7 @@ class Config(_Section):
     optim: OptimSection = Field(default_factory=OptimSection)
     timeouts: TimeoutSection = Field(default_factory=TimeoutSection)
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+    security: SecuritySection = Field(default_factory=SecuritySection)
     scenario: str | None = Field(None, description="a shipped straggler scenario name or a YAML path")
     stragglers: list[StragglerRule] = Field(default_factory=list, description="synthetic delay rules")
     throttle: dict[str, float] = Field(

@@ -238,6 +238,21 @@ def throttle(
 
 
 @app.command()
+def keys(
+    directory: Path = typer.Argument(..., help="folder to write the run's keys into (must not hold keys yet)"),
+    workers: int = typer.Option(..., min=1, max=1024, help="cluster.workers of the runs these keys serve"),
+) -> None:
+    """Write CURVE keys for torchrun or several hosts: set security.keys=DIR; each host needs DIR/public/ and
+    the secret file of the role it runs."""
+    from ..transport.security import RunKeys
+
+    if directory.exists() and any(directory.glob("*.key_secret")):
+        raise ConfigError(f"keys: '{directory}' holds keys already: choose another folder or remove them")
+    RunKeys.generate(workers).write(directory)
+    Console().print(f"keys for 1 server key pair, {workers} workers, the evaluator and the launcher: {directory}")
+
+
+@app.command()
 def summarize(
     run_dir: Path = typer.Argument(..., help="a run directory"),
     target: float = typer.Option(0.95, help="target accuracy for time-to-accuracy"),

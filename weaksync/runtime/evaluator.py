@@ -202,7 +202,7 @@ def serve_evaluator(spec: RoleSpec, model: nn.Module, metric: MetricFn | None) -
     store = connect_store(spec)
     endpoints = [store.get(f"server/{s}").decode() for s in range(cfg.cluster.servers)]
     ctx = zmq.Context()
-    evaluator.socks = [connect_dealer(ctx, ep, b"evaluator") for ep in endpoints]
+    evaluator.socks = [connect_dealer(ctx, ep, b"evaluator", spec.keys) for ep in endpoints]
     done_keys = [f"done/worker/{w}" for w in range(cfg.cluster.workers)]
     stop = threading.Event()
     timer = threading.Thread(

@@ -29,10 +29,11 @@ from ..report.summary import summarize_run
 from ..stragglers.cgroup import CpuThrottle
 from ..training.workload import Workload, builtin_workload, seed_model_init
 from ..transport.messages import Leave, encode
+from ..transport.security import LAUNCHER, RunKeys
 from ..transport.sockets import connect_dealer
 from .flat import model_layout
 from .resources import freeze_inherited_objects
-from .spec import FINAL_MODEL, RoleError, RoleSpec, checkpoint_file, run_meta
+from .spec import FINAL_MODEL, RoleError, RoleSpec, checkpoint_file, principal_of, run_meta
 from .supervisor import Supervisor
 
 PRELOAD = [
@@ -234,6 +235,9 @@ class LocalCluster:
         self.ctx = mp.get_context("forkserver")
         self.ctx.set_forkserver_preload(PRELOAD)
         self.processes = Supervisor(config.timeouts.shutdown)
+        # CURVE keys of this run: made here, handed to each process with its start-up arguments
+        self.keys = RunKeys.generate(config.cluster.workers) if config.security.curve else None
+        self.own_keys = self.keys.for_principal(LAUNCHER) if self.keys else None
         self.gone: set[str] = set()
         self.throttle: CpuThrottle | None = None
 
@@ -250,6 +254,7 @@ class LocalCluster:
             watch_pid=os.getpid(),
             script=self.script.path if self.script else None,
             argv=self.script.argv if self.script else (),
+            keys=self.keys.for_principal(principal_of(role, rank)) if self.keys else None,
         )
 
     def start(self) -> None:
@@ -275,7 +280,7 @@ class LocalCluster:
                 endpoint = self.prefixed.get(f"server/{s}").decode()
             except Exception:
                 continue
-            sock = connect_dealer(ctx, endpoint, b"launcher")
+            sock = connect_dealer(ctx, endpoint, b"launcher", self.own_keys)
             sock.send_multipart(encode(msg))
             sock.close(linger=1000)
 

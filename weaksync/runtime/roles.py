@@ -19,6 +19,7 @@ ENV_RUN_DIR, ENV_WATCH = "WEAKSYNC_RUN_DIR", "WEAKSYNC_WATCH_PID"
 ENV_CONFIG = "WEAKSYNC_CONFIG"  # torchrun: a YAML config for a script that names none itself
 ROLES = ("server", "worker", "evaluator")
 _kept: list[Any] = []  # a torchrun rank 0's store must live as long as the process
+LAUNCHED: list[RoleSpec] = []  # `weaksync run`: the spec this process was started with (its keys live only here)
 
 
 def role_environment(spec: RoleSpec) -> dict[str, str]:
@@ -62,18 +63,27 @@ def _embedded_spec() -> RoleSpec:
     run_dir = Path(os.environ[ENV_RUN_DIR])
     config = load_config(run_dir / "config.yaml")
     watch = os.environ.get(ENV_WATCH)
+    keys = LAUNCHED[0].keys if LAUNCHED else None
+    if config.security.curve and keys is None:
+        raise ConfigError(
+            f"{ENV_ROLE} is set, but this process was not started by `weaksync run`, and the run's CURVE keys "
+            "reach only the processes it starts: run the script with `weaksync run SCRIPT`"
+        )
     return RoleSpec(
-        role, rank, config, None, host, int(port), run_dir.name, str(run_dir), int(watch) if watch else None
-    )
+        role, rank, config, None, host, int(port), run_dir.name, str(run_dir), int(watch) if watch else None,
+        keys=keys,
+    )  # fmt: skip
 
 
 def _torchrun_spec(config: Config | str | Path | None, overrides: dict[str, Any] | None) -> RoleSpec:
+    from .spec import keys_from_config
     from .torchrun import assign_role, env_int, store_address
 
     if config is None:
         config = os.environ.get(ENV_CONFIG)
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
     role, rid = assign_role("auto", env_int("RANK"), env_int("WORLD_SIZE"), cfg, evaluator=True)
+    keys = keys_from_config(cfg, role, rid)
     host, port, keep = store_address(None, role, rid, cfg.timeouts.connect)
     if keep is not None:
         _kept.append(keep)
@@ -82,4 +92,4 @@ def _torchrun_spec(config: Config | str | Path | None, overrides: dict[str, Any]
     run_dir.mkdir(parents=True, exist_ok=True)
     if role == "server" and rid == 0:
         (run_dir / "config.yaml").write_text(dump_config(cfg))
-    return RoleSpec(role, rid, cfg, None, host, port, run_id, str(run_dir), watch_pid=os.getppid())
+    return RoleSpec(role, rid, cfg, None, host, port, run_id, str(run_dir), watch_pid=os.getppid(), keys=keys)

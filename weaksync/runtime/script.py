@@ -21,7 +21,7 @@ from ..config import Config, ConfigError
 from ..records.files import write_json
 from ..training.workload import seed_model_init
 from .evaluator import MetricFn, serve_evaluator
-from .roles import ENV_ROLE, role_environment, spec_from_environment
+from .roles import ENV_ROLE, LAUNCHED, role_environment, spec_from_environment
 from .server import serve_server
 from .spec import RoleError, RoleSpec, run_meta
 from .worker import WorkerSession, open_session
@@ -86,6 +86,7 @@ def connect(
 def run_script(spec: RoleSpec) -> None:
     """Entry of one process of `weaksync run SCRIPT`: the script itself, in this role, as `__main__`."""
     assert spec.script is not None
+    LAUNCHED.append(spec)
     os.environ.update(role_environment(spec))
     sys.argv = [spec.script, *spec.argv]
     sys.path.insert(0, str(Path(spec.script).resolve().parent))

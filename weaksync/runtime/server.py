@@ -17,6 +17,7 @@ import torch
 import zmq
 from torch import nn
 from torch.distributed import Store
+from zmq.utils.monitor import recv_monitor_message
 
 from ..core import actions as act
 from ..core.layout import BlockLayout
@@ -44,6 +45,7 @@ from ..transport.messages import (
     encode,
     payload_problem,
 )
+from ..transport.security import EVALUATOR, LAUNCHER, PeerAuthenticator, worker_principal
 from ..transport.sockets import bind_router, inbox_hwm
 from .flat import block_values, model_layout
 from .outbox import Outbox
@@ -58,12 +60,24 @@ from .spec import (
     watch_parent,
 )
 
-LAUNCHER = b"launcher"
-EVALUATOR = b"evaluator"
+HANDSHAKE_FAILURES = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
 
 
 def worker_identity(worker: int) -> bytes:
+    """The routing id a worker names itself with when the run has no keys."""
     return f"w{worker}".encode()
+
+
+def principal_from_routing_id(identity: bytes) -> str | None:
+    """Without CURVE a peer is who its routing id says (`w3`, `w3.hb`, `evaluator`, `launcher`)."""
+    name = identity.decode(errors="replace").removesuffix(".hb")
+    if name in (LAUNCHER, EVALUATOR):
+        return name
+    if name.startswith("w") and name[1:].isdigit():
+        return worker_principal(int(name[1:]))
+    return None
 
 
 def build_initial_blocks(spec: RoleSpec, model: nn.Module) -> tuple[BlockLayout, dict[int, torch.Tensor]]:
@@ -99,6 +113,10 @@ class Server:
         )
         self.log = EventLog(spec.path / "events" / f"{spec.name}.jsonl")
         self.bad_messages: Counter[str] = Counter()
+        self.secure = spec.keys is not None
+        self.routes: dict[int, bytes] = {}  # worker -> the routing id of its data socket, learned from its messages
+        self.refused_connections: Counter[str] = Counter()  # handshakes that failed (no CURVE, bad key)
+        self.authenticator: PeerAuthenticator | None = None
         self.replies = 0
         self.reply_bytes = 0
         self.push_bytes = 0
@@ -148,6 +166,17 @@ class Server:
     def serve(self, sock: zmq.Socket) -> None:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
+        monitor = sock.get_monitor_socket(HANDSHAKE_FAILURES) if self.secure else None
+        if monitor is not None:
+            poller.register(monitor, zmq.POLLIN)
+        try:
+            self._serve(sock, poller, monitor)
+        finally:
+            if monitor is not None:
+                sock.disable_monitor()
+                monitor.close(linger=0)
+
+    def _serve(self, sock: zmq.Socket, poller: zmq.Poller, monitor: zmq.Socket | None) -> None:
         hb = self.spec.config.timeouts
         last_publish = 0.0
         while not self.stop_requested:
@@ -162,6 +191,8 @@ class Server:
                         break
                     self.handle(sock, frames)
                     del frames  # free this message's buffer (a whole block) before ZeroMQ hands over the next
+                if monitor is not None:
+                    self.count_refused(monitor)
             now = time.monotonic()
             self.outbox.flush(now)
             if self.kv is not None and now - last_publish > 1.0:
@@ -169,6 +200,16 @@ class Server:
                 last_publish = now
             self.perform(sock, self.core.on_timer(now))
             self.maybe_checkpoint(now)
+
+    def principal(self, frames: list) -> str | None:
+        """Who sent this message: the principal its CURVE key was issued for (set by the authenticator), or
+        without keys the name its routing id claims."""
+        if self.secure:
+            try:
+                return frames[1].get("User-Id")
+            except (zmq.ZMQError, AttributeError):
+                return None
+        return principal_from_routing_id(frames[0].bytes)
 
     def handle(self, sock: zmq.Socket, frames: list) -> None:
         identity = frames[0].bytes
@@ -178,12 +219,14 @@ class Server:
             self.reject(identity, str(exc))
             return
         now = time.monotonic()
+        principal = self.principal(frames)
         if isinstance(msg, (Push, Pull, Hello, Bye, Heartbeat)):
-            expected = worker_identity(msg.worker) + (b".hb" if isinstance(msg, Heartbeat) else b"")
-            if identity != expected:
-                self.reject(identity, f"'{msg.KIND}' claims worker {msg.worker} from identity {identity!r}")
+            if principal != worker_principal(msg.worker):
+                self.reject(identity, f"'{msg.KIND}' claims worker {msg.worker} from {principal or 'an unknown peer'}")
                 return
-        control = identity in (LAUNCHER, EVALUATOR)
+            if not isinstance(msg, Heartbeat):  # heartbeats come on a socket of their own
+                self.routes[msg.worker] = identity
+        control = principal in (LAUNCHER, EVALUATOR)
         match msg:
             case Push():
                 self.push(sock, msg, now)
@@ -199,13 +242,13 @@ class Server:
             case Leave() if control:
                 self.log.write("leave", s=self.spec.rank, w=msg.worker, why="launcher")
                 self.perform(sock, self.core.worker_left(msg.worker, now, msg.pid))
-            case Peek() if identity == EVALUATOR:
+            case Peek() if principal == EVALUATOR:
                 if msg.block in self.blockstore.blocks:
                     self.send_block(sock, identity, msg.block, self.core.version(msg.block))
             case Stop() if control:
                 self.stop_requested = True
             case _:
-                self.reject(identity, f"unexpected '{msg.KIND}' from {identity!r}")
+                self.reject(identity, f"unexpected '{msg.KIND}' from {principal or 'an unknown peer'}")
 
     def push(self, sock: zmq.Socket, msg: Push, now: float) -> None:
         if msg.sent_at is not None:  # one-way delay of this link (clocks of one host, or NTP-synced hosts)
@@ -241,7 +284,7 @@ class Server:
             if isinstance(action, act.Accept):
                 self.blockstore.accept(action, msg.grad)
             elif isinstance(action, act.Send):
-                self.send_block(sock, worker_identity(action.worker), action.block, action.version, action.worker)
+                self.send_block(sock, self.route(action.worker), action.block, action.version, action.worker)
             elif isinstance(action, act.EndRun):
                 self.log.write("budget", s=self.spec.rank, steps=action.steps)
                 for worker in sorted(self.core.members.registered):
@@ -286,9 +329,13 @@ class Server:
                     reason=action.reason,
                 )
 
+    def route(self, worker: int) -> bytes:
+        """Where replies to a worker go: the socket its last hello, push or pull came from."""
+        return self.routes.get(worker, worker_identity(worker))
+
     def send_to(self, sock: zmq.Socket, worker: int, frames: list) -> None:
         try:
-            sock.send_multipart([worker_identity(worker), *frames])
+            sock.send_multipart([self.route(worker), *frames])
         except zmq.ZMQError:
             pass  # already gone
 
@@ -338,6 +385,19 @@ class Server:
             },
         )
 
+    def count_refused(self, monitor: zmq.Socket) -> None:
+        """Connections that failed their handshake: a peer without CURVE or with a key of no principal of
+        this run (the authenticator knows which key and why)."""
+        while monitor.poll(0):
+            event = recv_monitor_message(monitor)["event"]
+            if event != zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # those the authenticator counted, with the reason
+                self.refused_connections["no CURVE handshake"] += 1
+                self.log.write("refused", s=self.spec.rank, reason="no CURVE handshake")
+
+    def refusals(self) -> dict[str, int]:
+        auth = self.authenticator.refusals() if self.authenticator is not None else {}
+        return {**dict(self.refused_connections), **auth}
+
     def summary(self) -> dict:
         return {
             "role": "server",
@@ -354,6 +414,7 @@ class Server:
             "dropped_by_worker": dict(self.core.dropped),
             "drops": dict(self.core.drops),
             "bad_messages": dict(self.bad_messages),
+            "refused_connections": self.refusals(),
             "push_msgs": self.push_msgs,
             "push_bytes": self.push_bytes,
             "pull_msgs": self.pull_msgs,
@@ -404,8 +465,11 @@ def serve(spec: RoleSpec, server: Server) -> bool:
     store = connect_store(spec)
     server.kv = store
     ctx = zmq.Context()
+    if spec.keys is not None:  # before the socket binds: without a ZAP handler libzmq admits any key
+        server.authenticator = PeerAuthenticator(ctx, spec.keys)
+        server.authenticator.start()
     largest = max(b.size for b in server.blockstore.blocks.values()) * 4
-    sock, endpoint = bind_router(ctx, spec.config.cluster.host, inbox_hwm(largest))
+    sock, endpoint = bind_router(ctx, spec.config.cluster.host, inbox_hwm(largest), spec.keys)
     try:
         store.set(f"server/{spec.rank}", endpoint)
         store.set(f"layout/{spec.rank}", server.layout.digest)
@@ -431,4 +495,6 @@ def serve(spec: RoleSpec, server: Server) -> bool:
         server.log.close()
         write_json(spec.path / "procs" / f"{spec.name}.json", server.summary())
         sock.close(linger=0)
+        if server.authenticator is not None:
+            server.authenticator.stop()
         ctx.term()

@@ -14,10 +14,11 @@ from typing import Any
 
 from torch.distributed import PrefixStore, Store, TCPStore
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..core.layout import BlockLayout
 from ..errors import WeaksyncError
 from ..training.workload import Workload
+from ..transport.security import EVALUATOR, SERVER, KeysError, RoleKeys, load_role_keys, worker_principal
 
 FINAL_MODEL = "final_model.pt"  # the model's state_dict at the end of the run (the evaluator writes it)
 
@@ -45,6 +46,7 @@ class RoleSpec:
     watch_pid: int | None = None  # exit if this process (the launcher) disappears
     script: str | None = None  # `weaksync run SCRIPT`: run it in this role
     argv: tuple[str, ...] = ()  # the script's own arguments
+    keys: RoleKeys | None = None  # CURVE keys of this role (None: security.curve is off)
 
     @property
     def name(self) -> str:
@@ -53,6 +55,27 @@ class RoleSpec:
     @property
     def path(self) -> Path:
         return Path(self.run_dir)
+
+
+def principal_of(role: str, rank: int) -> str:
+    """The key a role's process holds: one for all servers, one per worker, one for the evaluator."""
+    return SERVER if role == "server" else EVALUATOR if role == "evaluator" else worker_principal(rank)
+
+
+def keys_from_config(config: Config, role: str, rank: int) -> RoleKeys | None:
+    """A torchrun process's keys: from the folder `weaksync keys` wrote (security.keys); none when CURVE is off."""
+    if not config.security.curve:
+        return None
+    if config.security.keys is None:
+        raise ConfigError(
+            "security.keys: a torchrun launch needs the run's keys (nothing safe carries them between "
+            "processes): run `weaksync keys DIR --workers N` once and set security.keys=DIR, or set "
+            "security.curve=false on a network you trust"
+        )
+    try:
+        return load_role_keys(Path(config.security.keys), principal_of(role, rank))
+    except KeysError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def connect_store(spec: RoleSpec) -> Store:

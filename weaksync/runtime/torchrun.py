@@ -23,7 +23,7 @@ from torch.distributed import TCPStore
 
 from ..config import Config, ConfigError, dump_config, load_config, parse_set_pairs
 from ..records.files import write_json
-from .spec import RoleSpec
+from .spec import RoleSpec, keys_from_config
 from .supervisor import Supervisor
 
 
@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.first_id is not None and args.role == "auto":
             raise ConfigError("--first-id needs --role server or --role worker")
         role, rid = assign_role(args.role, rank, world, config, args.first_id)
+        keys = keys_from_config(config, role, rid)
+        evaluator_keys = keys_from_config(config, "evaluator", 0) if role == "server" and rid == 0 else None
         host, port, keep_store = store_address(args.store, role, rid, config.timeouts.connect)
     except ConfigError as exc:
         print(f"weaksync: error: {exc}", file=sys.stderr)
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     run_id = args.run_id or os.environ.get("TORCHELASTIC_RUN_ID") or "torchrun"
     run_dir = Path(config.run.out_dir) / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    spec = RoleSpec(role, rid, config, workload, host, port, run_id, str(run_dir), watch_pid=os.getppid())
+    spec = RoleSpec(role, rid, config, workload, host, port, run_id, str(run_dir), watch_pid=os.getppid(), keys=keys)
     if role == "worker":
         from .worker import run_worker
 
@@ -133,7 +135,18 @@ def main(argv: list[str] | None = None) -> int:
     if rid == 0:
         (run_dir / "config.yaml").write_text(dump_config(config))
         write_json(run_dir / "meta.json", meta)
-        eval_spec = RoleSpec("evaluator", 0, config, workload, host, port, run_id, str(run_dir), watch_pid=os.getpid())
+        eval_spec = RoleSpec(
+            "evaluator",
+            0,
+            config,
+            workload,
+            host,
+            port,
+            run_id,
+            str(run_dir),
+            watch_pid=os.getpid(),
+            keys=evaluator_keys,
+        )
         evaluator.spawn("evaluator", mp.get_context("spawn"), _evaluator_entry, (eval_spec,))
     finished = False
     try:

@@ -45,6 +45,7 @@ from ..transport.messages import (
     decode,
     encode,
 )
+from ..transport.security import RoleKeys
 from ..transport.sockets import connect_dealer
 from .flat import FlatModel, model_layout
 from .outbox import Outbox
@@ -141,7 +142,7 @@ class WorkerSession:
         self.connect(self.ctx, endpoints)
         self.beat = threading.Thread(
             target=heartbeat,
-            args=(self.ctx, endpoints, self.id, cfg.timeouts.heartbeat_interval, self.beat_stop),
+            args=(self.ctx, endpoints, self.id, cfg.timeouts.heartbeat_interval, self.beat_stop, self.spec.keys),
             name="heartbeat",
             daemon=True,
         )
@@ -155,7 +156,7 @@ class WorkerSession:
         return self
 
     def connect(self, ctx: zmq.Context, endpoints: list[str]) -> None:
-        self.socks = [connect_dealer(ctx, ep, self.identity) for ep in endpoints]
+        self.socks = [connect_dealer(ctx, ep, self.identity, self.spec.keys) for ep in endpoints]
         for sock in self.socks:
             sock.send_multipart(encode(Hello(worker=self.id, digest=self.layout.digest, pid=os.getpid())))
         pending = set(range(len(self.socks)))
@@ -436,9 +437,16 @@ class WorkerSession:
             self.ctx.term()
 
 
-def heartbeat(ctx: zmq.Context, endpoints: list[str], worker: int, interval: float, stop: threading.Event) -> None:
+def heartbeat(
+    ctx: zmq.Context,
+    endpoints: list[str],
+    worker: int,
+    interval: float,
+    stop: threading.Event,
+    keys: RoleKeys | None = None,
+) -> None:
     """Tell servers this worker is alive while its main thread is busy in a long step."""
-    socks = [connect_dealer(ctx, ep, f"w{worker}.hb".encode()) for ep in endpoints]
+    socks = [connect_dealer(ctx, ep, f"w{worker}.hb".encode(), keys) for ep in endpoints]
     try:
         while not stop.wait(interval):
             for sock in socks:

@@ -538,6 +538,11 @@ def run_training(
     logs.mkdir(parents=True, exist_ok=True)
     resolved = config.model_copy(deep=True)
     resolved.run.out_dir = str(out_dir)  # the same folder whatever the launches' working directory
+    if resolved.security.curve and resolved.security.keys is None:  # the hosts share this machine's disk
+        from ..transport.security import RunKeys
+
+        RunKeys.generate(workers).write(run_dir / "keys")
+        resolved.security.keys = str(run_dir / "keys")
     launch_config = logs / "launch.yaml"
     launch_config.write_text(dump_config(resolved))
     port = store_port or 29500 + random.randrange(500)  # host 0's namespace is private: any port is free

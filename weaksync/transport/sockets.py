@@ -1,8 +1,11 @@
-"""Socket setup for the data plane: ROUTER on servers, one DEALER per server on each worker."""
+"""Socket setup for the data plane: ROUTER on servers, one DEALER per server on each worker; CURVE on both
+ends when the run has keys (see security.py)."""
 
 from __future__ import annotations
 
 import zmq
+
+from .security import RoleKeys
 
 
 def _common(sock: zmq.Socket) -> None:
@@ -26,14 +29,23 @@ def inbox_hwm(max_block_bytes: int) -> int:
     return max(1, min(DEFAULT_HWM, INBOX_BYTES // max(1, max_block_bytes)))
 
 
-def bind_router(ctx: zmq.Context, host: str, rcvhwm: int = DEFAULT_HWM) -> tuple[zmq.Socket, str]:
+def bind_router(
+    ctx: zmq.Context, host: str, rcvhwm: int = DEFAULT_HWM, keys: RoleKeys | None = None
+) -> tuple[zmq.Socket, str]:
     """A server's socket on a free port of `host`, reading at most `rcvhwm` messages ahead per peer;
-    returns it and the endpoint to advertise."""
+    returns it and the endpoint to advertise. With `keys` it is a CURVE server: start the context's
+    `PeerAuthenticator` first, or libzmq lets any client key in."""
     sock = ctx.socket(zmq.ROUTER)
     _common(sock)
+    if keys is not None:
+        sock.curve_server = True
+        sock.curve_secretkey = keys.secret
+        sock.curve_publickey = keys.public
     sock.setsockopt(zmq.RCVHWM, rcvhwm)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a vanished peer raises instead of vanishing
-    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker takes over its identity
+    # without keys a restarted worker takes over its name; with keys names are ZeroMQ's, and handing one
+    # over to whoever claims it would let a key holder steal another connection's replies
+    sock.setsockopt(zmq.ROUTER_HANDOVER, 0 if keys is not None else 1)
     bind_host = host if _is_ip_literal(host) else "*"  # a hostname: listen everywhere, advertise the name
     port = sock.bind_to_random_port(f"tcp://{bind_host}")
     return sock, f"tcp://{host}:{port}"
@@ -49,9 +61,17 @@ def _is_ip_literal(host: str) -> bool:
     return True
 
 
-def connect_dealer(ctx: zmq.Context, endpoint: str, identity: bytes) -> zmq.Socket:
+def connect_dealer(ctx: zmq.Context, endpoint: str, identity: bytes, keys: RoleKeys | None = None) -> zmq.Socket:
+    """A client socket. Without keys it names itself `identity` (the server trusts that name); with keys
+    the server knows it by its key, and ZeroMQ gives the connection a routing id nobody can choose, so
+    no peer can take over another's replies."""
     sock = ctx.socket(zmq.DEALER)
     _common(sock)
-    sock.setsockopt(zmq.ROUTING_ID, identity)
+    if keys is None:
+        sock.setsockopt(zmq.ROUTING_ID, identity)
+    else:
+        sock.curve_serverkey = keys.server_public
+        sock.curve_publickey = keys.public
+        sock.curve_secretkey = keys.secret
     sock.connect(endpoint)
     return sock
