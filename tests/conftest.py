@@ -30,7 +30,7 @@ def small_config(tmp_path: Path, **overrides: Any) -> Config:
 def weaksync_cli(*args: str, **kwargs: Any) -> subprocess.Popen:
     """Start `weaksync ...` in its own session, so a test can signal its whole process group."""
     return subprocess.Popen(
-        [sys.executable, "-m", "weaksync.cli.main", *args],
+        [sys.executable, "-m", "weaksync", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

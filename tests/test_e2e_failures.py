@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import time
 from functools import partial
 from pathlib import Path
 
@@ -42,6 +43,23 @@ def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
     assert proc.returncode in (1, 130), err
     assert "interrupted" in err
     wait_for(lambda: not session_processes(proc.pid), 15, "every process of the run to exit")
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.2, 2.5])  # imports, the store and forkserver, roles starting
+def test_ctrl_c_during_start_up_is_one_line_and_leaves_nothing(tmp_path: Path, delay: float) -> None:
+    proc = weaksync_cli(*LONG_RUN, "--out-dir", str(tmp_path))
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    exited = time.monotonic()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode in (1, 130), err
+    assert len(lines) == 1 and "interrupted" in lines[0] and "Traceback" not in err, err
+    left = session_processes(proc.pid)
+    while left and time.monotonic() - exited < 2.0:
+        time.sleep(0.05)
+        left = session_processes(proc.pid)
+    assert not left, f"still running 2 s after the launcher exited: {[p.cmdline()[:3] for p in left]}"
 
 
 def test_sigterm_to_launcher_alone_stops_every_process(tmp_path: Path) -> None:

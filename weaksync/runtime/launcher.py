@@ -37,6 +37,7 @@ from .spec import FINAL_MODEL, RoleError, RoleSpec, checkpoint_file, principal_o
 from .supervisor import Supervisor
 
 PRELOAD = [
+    "weaksync.runtime.preload_signals",  # first: a Ctrl-C during the preload is the launcher's to handle
     "torch",
     "torch._dynamo",  # torch.optim imports it on first use: pay it once here, not in every server
     "sklearn.datasets",

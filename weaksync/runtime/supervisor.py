@@ -18,11 +18,16 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any
+
+
+_DEFERRED = (signal.SIGINT, signal.SIGTERM)
 
 
 class _Child:
@@ -62,6 +67,26 @@ class _Child:
             self.process.join(max(0.0, timeout))
 
 
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Defer SIGINT and SIGTERM from starting a child until it is recorded: a Ctrl-C in that gap (a forkserver
+    start waits seconds for torch to import) would otherwise leave a child that `stop` does not know of.
+    Python runs signal handlers in the main thread, so the recorded signal is raised again there, to the
+    handler that was in force, once the child is in the table. Elsewhere than the main thread: no change."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    before = {sig: signal.signal(sig, lambda signum, _frame: pending.append(signum)) for sig in _DEFERRED}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        if pending:
+            signal.raise_signal(pending[0])
+
+
 class Supervisor:
     """The named children of one run; see the module docstring."""
 
@@ -83,16 +108,18 @@ class Supervisor:
         sockets or threads)."""
         self._check_new(name)
         proc = ctx.Process(target=target, args=args, name=f"weaksync-{name}", daemon=False)  # type: ignore[attr-defined]
-        proc.start()
-        self._children[name] = _Child(proc)
+        with _interrupts_deferred():
+            proc.start()
+            self._children[name] = _Child(proc)
         return proc
 
     def popen(self, name: str | None, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
         """Run a command in its own session; `name` None numbers it."""
         name = name if name is not None else f"process-{len(self._children)}"
         self._check_new(name)
-        proc = subprocess.Popen(list(argv), start_new_session=True, **kwargs)
-        self._children[name] = _Child(proc)
+        with _interrupts_deferred():
+            proc = subprocess.Popen(list(argv), start_new_session=True, **kwargs)
+            self._children[name] = _Child(proc)
         return proc
 
     def _check_new(self, name: str) -> None:

@@ -1,0 +1,25 @@
+"""`python -m weaksync` and the `weaksync` console entry: a Ctrl-C while the heavy modules (torch) import
+ends with the same one line as one during the run, instead of a traceback."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main() -> None:
+    try:
+        from .cli.main import main as cli_main
+        from .runtime import launcher  # noqa: F401  what main() imports first, loaded here under the guard
+        from .training import data  # noqa: F401
+    except KeyboardInterrupt:
+        # os._exit: an interrupt inside an extension's own Python code leaves CPython's "unhandled
+        # KeyboardInterrupt" flag set, and a normal exit would then re-raise SIGINT on itself (-2, not 130).
+        # Nothing has been started yet, so there is nothing to clean up.
+        print("weaksync: interrupted", file=sys.stderr, flush=True)
+        os._exit(130)
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()
