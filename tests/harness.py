@@ -613,7 +613,8 @@ class Harness:
                 f"s{s} after the hello of w{msg.worker}'s process {msg.life}: live={sorted(core.live)}",
             )
         elif isinstance(msg, PushMsg):
-            self.tau_in_force = core.tau  # auto may change τ after judging this push
+            warming = self.version[msg.block] < self.policy.sync_warmup  # bsp's τ = 0 in the warm-up
+            self.tau_in_force = 0 if warming else core.tau  # auto may change τ after judging this push
             actions = core.on_push(msg.worker, msg.block, msg.base, msg.step, self.now)
             self._server_actions(s, actions, push=msg)
         elif isinstance(msg, PullMsg):
@@ -625,7 +626,7 @@ class Harness:
             sent = [a for a in actions if isinstance(a, Send) and (a.worker, a.block) == key]
             p = self.policy
             if p.ssp_slack is None and msg.worker in core.live and not core.ended:
-                should = p.immediate_pull or version > msg.want_gt
+                should = self.immediate(version) or version > msg.want_gt
                 self._check(bool(sent) == should, f"s{s} pull {msg} at v{version}: answered={bool(sent)}")
             self._server_actions(s, actions)
         else:
@@ -658,7 +659,7 @@ class Harness:
                     f"s{s} sent v{a.version} of block {a.block}, which is at v{self.version[a.block]}",
                 )
                 self._check(
-                    want is None or p.immediate_pull or a.version > want,
+                    want is None or self.immediate(a.version) or a.version > want,
                     f"s{s} answered a pull for > v{want} with v{a.version}",
                 )
                 self.sends += 1
@@ -780,6 +781,10 @@ class Harness:
         else:
             self._fail(f"s{s} dropped a well-formed message: {a}")
 
+    def immediate(self, version: int) -> bool:
+        """Does a block at `version` answer pulls at once (async, after its synchronous warm-up)?"""
+        return self.policy.immediate_pull and version >= self.policy.sync_warmup
+
     def _check_server_state(self, s: int) -> None:
         core, p = self.servers[s], self.policy
         live_clocks = [core.clocks[w] for w in core.live]
@@ -793,7 +798,7 @@ class Harness:
             for w, want in st.parked.items():
                 held_by_ssp = p.ssp_slack is not None and core.clocks[w] - slowest > p.ssp_slack
                 self._check(
-                    held_by_ssp or (want >= st.version and not p.immediate_pull),
+                    held_by_ssp or (want >= st.version and not self.immediate(st.version)),
                     f"s{s} keeps w{w}'s pull for block {j} > v{want} parked at v{st.version}",
                 )
 

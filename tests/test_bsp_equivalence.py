@@ -60,7 +60,7 @@ class TorchHooks(Hooks):
                 block_values(model, layout, layout.blocks_of(s)),
                 optimizer_factory(CFG),
                 lr_function(CFG, STEPS, N, N),
-                momentum_function(CFG),
+                momentum_function(CFG, N),
             )
             for s in range(S)
         ]

@@ -18,6 +18,8 @@ the policy now refuses those configurations.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from harness import Harness, Scenario, Stop
 from hypothesis import HealthCheck, given, settings
@@ -31,7 +33,12 @@ FAST = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCh
 
 @st.composite
 def scenarios(
-    draw: st.DrawFn, modes: tuple[str, ...] = MODES, stops: bool = False, overrides: bool = True, deadlines: bool = True
+    draw: st.DrawFn,
+    modes: tuple[str, ...] = MODES,
+    stops: bool = False,
+    overrides: bool = True,
+    deadlines: bool = True,
+    warmup: bool = True,
 ) -> Scenario:
     """A cluster, a policy of `modes` with random valid thresholds, and an event-order seed.
 
@@ -53,6 +60,8 @@ def scenarios(
         kw["weighting"] = draw(st.sampled_from(["none", "inverse"]))
         kw["fold_repeats"] = draw(st.booleans())
         kw["grace"] = draw(st.sampled_from([None, 0.5, 1.0]))
+        if warmup:  # versions made synchronously first (ssp and async; the other modes ignore it)
+            kw["sync_warmup"] = draw(st.integers(0, STEPS + 1))
     if deadlines:
         kw["push_deadline"] = draw(st.none() | st.sampled_from([0.5, 2.0]))
         kw["pull_deadline"] = draw(st.none() | st.sampled_from([1.0, 3.0]))
@@ -83,7 +92,7 @@ def check_records(h: Harness) -> None:
             seen.add((c.worker, a.block, c.step))
             assert c.tau is None or a.version - 1 - c.base <= c.tau, "(e) staleness bound in force when accepted"
             if not p.auto:
-                assert c.tau == p.tau
+                assert c.tau == (0 if a.version <= p.sync_warmup else p.tau), "τ = 0 in the synchronous warm-up"
         assert len(workers) >= 1
         if not a.by_deadline:
             k = p.k if a.quorum is None else a.quorum  # auto: the k in force when the round closed
@@ -149,12 +158,41 @@ def test_ssp_bounds_how_far_ahead_a_worker_runs(n: int, s: int, extra: int, slac
 
 
 @settings(max_examples=40, deadline=None)
-@given(scenarios(modes=("async",), deadlines=False))
+@given(scenarios(modes=("async",), deadlines=False, warmup=False))
 def test_async_pulls_are_answered_at_once(scenario: Scenario) -> None:
     h = scenario.run()  # the harness checks every async pull is answered in the same event
     p = scenario.policy
     assert all(not core.blocks[j].parked for core in h.servers for j in core.blocks)
     assert h.sends == p.num_workers * p.num_blocks * (STEPS + 1)  # every pull, initial one included
+
+
+@settings(max_examples=150, deadline=None)
+@given(scenarios(modes=("ssp", "async"), overrides=False, deadlines=False), st.integers(1, STEPS))
+def test_ssp_and_async_warm_up_in_lockstep_then_run_their_own_rules(scenario: Scenario, warmup: int) -> None:
+    """The first `sync_warmup` versions of every block hold every worker's gradient on the version before,
+    as bsp's do; the rest follow the mode (ssp and async apply single gradients again)."""
+    policy = replace(scenario.policy, sync_warmup=warmup)
+    h = replace(scenario, policy=policy).run()
+    n = policy.num_workers
+    assert [w.step for w in h.workers] == [STEPS] * n
+    check_records(h)
+    early = [u.action for u in h.updates if u.action.version <= warmup]
+    assert len(early) == policy.num_blocks * min(warmup, STEPS)
+    assert all(len(a.contributors) == n for a in early)
+    assert all(base == a.version - 1 for a in early for _, base, _ in a.contributors)
+    assert all(a.quorum == n for a in early), "the LR rule sees the warm-up's quorum N"
+    late = [u.action for u in h.updates if u.action.version > warmup]
+    if n > 1 and late:
+        assert any(len(a.contributors) < n for a in late), "after the warm-up, the mode's own k = 1"
+
+
+def test_warm_up_is_only_for_ssp_and_async() -> None:
+    assert make_policy("async", 4, 4, sync_warmup=5).sync_warmup == 5
+    assert make_policy("ssp", 4, 4, sync_warmup=5).sync_warmup == 5
+    for mode in ("bsp", "backup", "partial-pull", "partial", "auto"):
+        assert make_policy(mode, 4, 4, sync_warmup=5).sync_warmup == 0
+    with pytest.raises(ValueError, match="sync_warmup"):
+        replace(make_policy("async", 4, 4), sync_warmup=-1)
 
 
 # -- deadlocks outside the generated region --------------------------------------------------------------

@@ -5,13 +5,14 @@ Everything is checked before a process starts; errors are one line naming the fi
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .core.policy import DEFAULT_GRACE, MODES, SyncPolicy, make_policy, resolve_count
+from .core.policy import DEFAULT_GRACE, DEFAULT_SYNC_WARMUP, MODES, SyncPolicy, make_policy, resolve_count
 from .errors import WeaksyncError
 from .stragglers.cgroup import parse_throttle
 from .stragglers.delays import StragglerRule
@@ -79,6 +80,13 @@ class SyncSection(_Section):
         le=1,
         description="backup/partial-pull/partial: once k gradients (b blocks) are in, wait up to this fraction of a "
         "round (of a step's compute) for the rest, while they usually come that soon; null: close at exactly k and b",
+    )
+    sync_warmup: float = Field(
+        DEFAULT_SYNC_WARMUP,
+        ge=0,
+        lt=1,
+        description="ssp/async: this fraction of the run's steps is trained synchronously (as bsp) before the "
+        "mode's own rules apply; 0: from the first step",
     )
 
 
@@ -206,6 +214,7 @@ class Config(_Section):
                 weighting=s.weighting,
                 fold_repeats=s.fold_repeats,
                 grace=s.grace,
+                sync_warmup=math.ceil(s.sync_warmup * self.train.steps),
             )
         except ValueError as exc:
             raise ConfigError(f"sync.{exc}") from None

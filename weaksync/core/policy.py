@@ -11,6 +11,8 @@ Weighting = Literal["none", "inverse"]
 GRACE_MODES = ("backup", "partial-pull", "partial")  # ssp and async apply every gradient on arrival by design
 DEFAULT_GRACE = 0.5
 GRACE_HISTORY = 9  # rounds (server) or steps (worker) whose lateness decides whether waiting pays
+WARMUP_MODES = ("ssp", "async")  # the modes whose staleness is inherent: they start synchronous
+DEFAULT_SYNC_WARMUP = 0.0  # off: the ResNet-20 screen in docs/results.md measured no gain from it
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,10 @@ class SyncPolicy:
       that soon: at most `grace` × the typical round period (server) or compute time (worker). When nothing
       is slow the update then holds every gradient and the step every fresh block (as bsp); when something
       is, the late ones are not waited for (as k and b say). None: close at exactly k and b.
+    sync_warmup: the first `sync_warmup` versions of every block are made as bsp makes them (k = every live
+      worker, τ = 0, pulls answered only once the block advanced), then the mode's own rules apply
+      (Sync-Switch, Li et al. ICDCS 2021). Off by default: once ssp and async stepped without momentum
+      (training/optim.py) it measured no gain on ResNet-20 (docs/guarantees.md).
     """
 
     mode: str
@@ -57,6 +63,7 @@ class SyncPolicy:
     auto: bool = False
     k_min: int = 1
     b_min: int = 1
+    sync_warmup: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= self.num_workers:
@@ -75,6 +82,8 @@ class SyncPolicy:
             raise ValueError(f"auto bounds k_min={self.k_min}, b_min={self.b_min} must be within the counts")
         if self.auto and (self.tau is None or self.tau < 1):
             raise ValueError("auto needs tau >= 1: with b < B a gradient computed on a stale block must be accepted")
+        if self.sync_warmup < 0:
+            raise ValueError(f"sync_warmup={self.sync_warmup} must be >= 0 versions")
         if self.ssp_slack is not None and self.ssp_slack < 0:
             raise ValueError(f"ssp_slack={self.ssp_slack} must be >= 0")
         if self.ssp_slack is not None and self.k > 1:
@@ -123,8 +132,10 @@ def make_policy(
     weighting: Weighting = "none",
     fold_repeats: bool = True,
     grace: float | None = DEFAULT_GRACE,
+    sync_warmup: int = 0,
 ) -> SyncPolicy:
-    """Expand a named mode into thresholds; explicit k / b / tau override the preset's."""
+    """Expand a named mode into thresholds; explicit k / b / tau override the preset's. `sync_warmup` (versions
+    made synchronously first) applies to ssp and async only: the other modes wait for their quorums anyway."""
     n, nb = num_workers, num_blocks
     if mode not in MODES:
         raise ValueError(f"unknown mode '{mode}': choose one of {', '.join(MODES)}")
@@ -162,5 +173,6 @@ def make_policy(
         pull_deadline=pull_deadline,
         weighting=weighting,
         fold_repeats=fold_repeats,
+        sync_warmup=sync_warmup if mode in WARMUP_MODES else 0,
         **preset,
     )

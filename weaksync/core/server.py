@@ -113,7 +113,18 @@ class ServerCore:
         already did), so a departed worker never stalls the rest and an early finisher never cuts a
         round short."""
         state = self.blocks[block]
-        return max(1, min(self.k, len(self.live | state.contributors.keys())))
+        return max(1, min(self._k(state), len(self.live | state.contributors.keys())))
+
+    def warming(self, block: int) -> bool:
+        """Is this block still in its synchronous warm-up (policy.sync_warmup)?"""
+        return self.blocks[block].version < self.policy.sync_warmup
+
+    def _k(self, state: _BlockState) -> int:
+        """The push quorum in force for this block: every worker during the warm-up, else k."""
+        return self.policy.num_workers if state.version < self.policy.sync_warmup else self.k
+
+    def _tau(self, state: _BlockState) -> int | None:
+        return 0 if state.version < self.policy.sync_warmup else self.tau
 
     def steps_done(self) -> int:
         """Steps completed by all workers together, as far as this server has heard (the run's budget
@@ -368,7 +379,7 @@ class ServerCore:
             return "left"
         if base > state.version:
             return "future"
-        if not within_staleness(self.tau, state.version, base):
+        if not within_staleness(self._tau(state), state.version, base):
             return "stale"
         if worker in state.contributors and not self.policy.fold_repeats:
             return "duplicate"
@@ -385,7 +396,7 @@ class ServerCore:
         have, can = len(state.contributors), len(self.live | state.contributors.keys())
         if have >= can:
             return self._apply(block, state, now=now)
-        if have < max(1, min(self.k, can)):  # quorum(block), without a second set union
+        if have < max(1, min(self._k(state), can)):  # quorum(block), without a second set union
             return []
         if state.quorum_time is None:
             state.quorum_time = now
@@ -431,7 +442,9 @@ class ServerCore:
     ) -> list[ServerAction]:
         contributors = tuple((w, base, weight) for w, (base, weight, _) in state.contributors.items())
         step = max(s for _, _, s in state.contributors.values())
-        quorum = self.k if self.tuner is not None else None  # the LR needs it only when k moves
+        warming = state.version < self.policy.sync_warmup
+        # the LR needs the quorum only when it differs from the policy's: auto's k, or the warm-up's N
+        quorum = self.policy.num_workers if warming else (self.k if self.tuner is not None else None)
         if now is not None:
             self._record_round(state, now)
         state.version += 1
@@ -469,7 +482,8 @@ class ServerCore:
                 self.late_after_quorum.append(now - state.quorum_time)
 
     def _servable(self, worker: int, state: _BlockState, want_gt: int) -> bool:
-        if not (state.version > want_gt or self.policy.immediate_pull):
+        immediate = self.policy.immediate_pull and state.version >= self.policy.sync_warmup
+        if not (state.version > want_gt or immediate):
             return False
         slack = self.policy.ssp_slack
         return slack is None or self.clocks[worker] - self._min_clock() <= slack

@@ -16,7 +16,7 @@ from ..core.layout import Block, BlockLayout
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 LRFunction = Callable[[int, int, int | None], float]  # (worker step, contributors, quorum in force) -> lr
-MomentumFunction = Callable[[float], float]  # staleness of accepted gradients -> SGD momentum
+MomentumFunction = Callable[[float], tuple[float, float]]  # staleness of accepted gradients -> (momentum, LR factor)
 
 
 class BlockStore:
@@ -73,8 +73,9 @@ class BlockStore:
             for group in opt.param_groups:
                 step = action.step if progress is None else progress
                 group["lr"] = self.lr_at(step, len(action.contributors), action.quorum)
-                if self.momentum_at is not None and group.get("momentum"):
-                    group["momentum"] = self.momentum_at(action.staleness)
+                if self.momentum_at is not None:  # also once it was lowered to 0: staleness may fall again
+                    group["momentum"], lr_factor = self.momentum_at(action.staleness)
+                    group["lr"] *= lr_factor
             opt.step()
             param.grad = None
         if n < block.size:

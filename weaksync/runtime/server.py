@@ -109,7 +109,7 @@ class Server:
             initial,
             optimizer_factory(cfg.optim),
             lr_function(cfg.optim, cfg.train.steps, cfg.cluster.workers, self.policy.k),
-            momentum_function(cfg.optim),
+            momentum_function(cfg.optim, self.policy.k),
         )
         self.log = EventLog(spec.path / "events" / f"{spec.name}.jsonl")
         self.bad_messages: Counter[str] = Counter()

@@ -130,6 +130,7 @@ def run_meta(config: Config, layout: BlockLayout) -> dict[str, Any]:
         "b": policy.b,
         "tau": policy.tau,
         "grace": policy.grace,
+        "sync_warmup": policy.sync_warmup,
         "fold_repeats": policy.fold_repeats,
         "push_deadline": policy.push_deadline,
         "pull_deadline": policy.pull_deadline,
