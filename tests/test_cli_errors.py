@@ -1,7 +1,7 @@
 """Bad input ends with one line on stderr naming the field and the fix, exit code 2, and no run started.
 
 The cases run the console entry in this process (an interpreter per case cost 2.5 s of torch imports); one
-runs it as a real `python -m weaksync.cli.main`, the way a user meets it."""
+runs it as a real `python -m weaksync`, the way a user meets it."""
 
 from __future__ import annotations
 
@@ -56,6 +56,7 @@ def _cli_here(tmp_path: Path, args: list[str], capsys: pytest.CaptureFixture, mo
         (["train", "--set", "timeouts.heartbeat=1"], "heartbeat must exceed"),
         (["train", "--mode", "ssp", "--k", "2"], "sync.k=2: ssp applies every gradient on arrival"),
         (["train", "--mode", "partial-pull", "--tau", "0", "--blocks", "4"], "can deadlock"),
+        (["train", "--mode", "async", "--set", "sync.sync_warmup=1"], "sync.sync_warmup"),
         (["summarize", "/tmp"], "is not a run directory"),
     ],
 )
@@ -71,7 +72,7 @@ def test_bad_input_is_one_clear_line(tmp_path: Path, args: list[str], expected: 
 def test_the_console_entry_prints_one_line_and_exits_2(tmp_path: Path) -> None:
     args = ["train", "--k", "9"]
     result = subprocess.run(
-        [sys.executable, "-m", "weaksync.cli.main", *args, *_out_dir(tmp_path, args)],
+        [sys.executable, "-m", "weaksync", *args, *_out_dir(tmp_path, args)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr

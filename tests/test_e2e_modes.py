@@ -59,13 +59,16 @@ def test_mode_trains_and_obeys_thresholds(tmp_path: Path, mode: str) -> None:
 
     first_end = min(e["t"] for w in range(4) for e in events(run_dir, f"worker-{w}") if e["ev"] == "end")
     updates = [e for n in ("server-0", "server-1") for e in events(run_dir, n) if e["ev"] == "update"]
-    k, tau, n = s["k"], s["tau"], s["num_workers"]
+    k, tau, n, warmup = s["k"], s["tau"], s["num_workers"], s["sync_warmup"]
+    assert warmup == (32 if mode in ("ssp", "async") else 0)  # the default 20 % of 160 steps, ssp/async only
     for u in updates:
         workers = [w for w, _ in u["contributors"]]
         assert len(workers) == len(set(workers)), "a worker contributed twice to one update"
         if u["t"] < first_end:  # once a worker finished, the quorum is capped at those still running
             assert len(workers) >= u["k"]  # the k in force when the round closed (auto moves it)
-            assert mode == "auto" or u["k"] == k
+            assert mode == "auto" or u["k"] == (n if u["v"] <= warmup else k), "the synchronous warm-up: k = N"
+        if u["v"] <= warmup:  # made as bsp makes them: every worker, on the version before
+            assert len(workers) == n and all(base == u["v"] - 1 for _, base in u["contributors"])
         if mode == "auto":
             tau = staleness_bound(n, 1)  # the largest τ auto can choose (it follows k)
         if tau is not None:

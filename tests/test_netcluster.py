@@ -180,7 +180,7 @@ def _cluster_cli(*args: str) -> subprocess.Popen:
     from weaksync.cli.main import app
 
     registered = any(c.name == "cluster" for c in app.registered_commands)
-    entry = ["-m", "weaksync.cli.main", "cluster"] if registered else ["-m", "weaksync.cli.cluster"]
+    entry = ["-m", "weaksync", "cluster"] if registered else ["-m", "weaksync.cli.cluster"]
     return subprocess.Popen([PY, *entry, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # fmt: skip
 

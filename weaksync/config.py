@@ -86,7 +86,7 @@ class SyncSection(_Section):
         ge=0,
         lt=1,
         description="ssp/async: this fraction of the run's steps is trained synchronously (as bsp) before the "
-        "mode's own rules apply; 0: from the first step",
+        "mode's own rules apply; 0: from the first step. Other modes ignore it (so a bench can set it for all)",
     )
 
 
