@@ -115,16 +115,16 @@ class ServerCore:
         state = self.blocks[block]
         return max(1, min(self._k(state), len(self.live | state.contributors.keys())))
 
-    def warming(self, block: int) -> bool:
-        """Is this block still in its synchronous warm-up (policy.sync_warmup)?"""
-        return self.blocks[block].version < self.policy.sync_warmup
+    def _warming(self, state: _BlockState) -> bool:
+        """Is this block still in its synchronous warm-up (policy.sync_warmup: bsp's k = N, τ = 0, parked pulls)?"""
+        return state.version < self.policy.sync_warmup
 
     def _k(self, state: _BlockState) -> int:
         """The push quorum in force for this block: every worker during the warm-up, else k."""
-        return self.policy.num_workers if state.version < self.policy.sync_warmup else self.k
+        return self.policy.num_workers if self._warming(state) else self.k
 
     def _tau(self, state: _BlockState) -> int | None:
-        return 0 if state.version < self.policy.sync_warmup else self.tau
+        return 0 if self._warming(state) else self.tau
 
     def steps_done(self) -> int:
         """Steps completed by all workers together, as far as this server has heard (the run's budget
@@ -442,9 +442,8 @@ class ServerCore:
     ) -> list[ServerAction]:
         contributors = tuple((w, base, weight) for w, (base, weight, _) in state.contributors.items())
         step = max(s for _, _, s in state.contributors.values())
-        warming = state.version < self.policy.sync_warmup
         # the LR needs the quorum only when it differs from the policy's: auto's k, or the warm-up's N
-        quorum = self.policy.num_workers if warming else (self.k if self.tuner is not None else None)
+        quorum = self._k(state) if self._warming(state) or self.tuner is not None else None
         if now is not None:
             self._record_round(state, now)
         state.version += 1
@@ -482,7 +481,7 @@ class ServerCore:
                 self.late_after_quorum.append(now - state.quorum_time)
 
     def _servable(self, worker: int, state: _BlockState, want_gt: int) -> bool:
-        immediate = self.policy.immediate_pull and state.version >= self.policy.sync_warmup
+        immediate = self.policy.immediate_pull and not self._warming(state)
         if not (state.version > want_gt or immediate):
             return False
         slack = self.policy.ssp_slack
