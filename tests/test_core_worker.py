@@ -145,3 +145,19 @@ def test_step_plan_counts_steps() -> None:
         core.end_step(0.0)
         core.on_block(0, t + 1)
     assert core.step == 3
+
+
+def test_rebase_forgets_a_restarted_servers_versions_and_pulls_its_blocks_again() -> None:
+    """A server restored from its checkpoint may be behind this worker's copies: without the rebase the
+    worker's pull (want > its version) would wait for versions that need this worker's own pushes."""
+    core = started(worker(nb=4, b=4), version=7)
+    one_step(core)
+    for j in range(4):
+        core.on_block(j, 8)
+    assert core.rebase([2, 0]) == [PullRequest(0, -1, 1), PullRequest(2, -1, 1)]
+    assert core.versions == [-1, 8, -1, 8] and not core.initialised and not core.ready(1.0)
+    assert core.on_block(0, 3) and core.on_block(2, 3)  # the restored versions, below the old copies
+    assert core.versions == [3, 8, 3, 8] and core.ready(1.0)
+    assert core.begin_step(1.0) == StepPlan(1, (3, 8, 3, 8), frozenset(range(4)))
+    with pytest.raises(RuntimeError, match="between steps"):
+        core.rebase([1])

@@ -3,26 +3,30 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import events, wait_for
 
+from weaksync.runtime.spec import checkpoint_file
 from weaksync.transport.security import RunKeys
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def torchrun(nproc: int, *args: str) -> list[str]:
+def torchrun(nproc: int, *args: str, restarts: int = 0) -> list[str]:
     """A one-host torchrun command line for the weaksync entry."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-            "--max-restarts", "0", "-m", "weaksync.runtime.torchrun", *args]  # fmt: skip
+            "--max-restarts", str(restarts), "-m", "weaksync.runtime.torchrun", *args]  # fmt: skip
 
 
-def write_config(tmp_path: Path, workers: int, servers: int, steps: int, keys: bool = True) -> Path:
+def write_config(tmp_path: Path, workers: int, servers: int, steps: int, keys: bool = True, extra: str = "") -> Path:
     """A launch's config; its CURVE keys written as `weaksync keys` writes them."""
     config = tmp_path / "run.yaml"
     security = ""
@@ -31,19 +35,28 @@ def write_config(tmp_path: Path, workers: int, servers: int, steps: int, keys: b
         security = f"security: {{keys: '{tmp_path / 'keys'}'}}\n"
     config.write_text(
         f"cluster: {{workers: {workers}, servers: {servers}}}\ntrain: {{steps: {steps}, eval_interval: 0.5}}\n"
-        f"run: {{out_dir: '{tmp_path / 'runs'}'}}\n{security}"
+        f"run: {{out_dir: '{tmp_path / 'runs'}'}}\n{security}{extra}"
     )
     return config
 
 
-def test_torchrun_one_launch_trains(tmp_path: Path) -> None:
-    config = write_config(tmp_path, workers=3, servers=1, steps=120)
-    result = subprocess.run(torchrun(4, "--config", str(config), "--run-id", "tr"), capture_output=True, text=True,
-                            timeout=240)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((tmp_path / "runs" / "tr" / "summary.json").read_text())
+def test_torchrun_one_launch_trains_and_a_killed_server_restores_its_checkpoint(tmp_path: Path) -> None:
+    """torchrun --max-restarts 1: a SIGKILLed server restarts the launch; the new round's server restores its
+    checkpoint, the workers resume from their step counts in it, and the run ends on its budget."""
+    config = write_config(tmp_path, workers=3, servers=1, steps=120, extra="checkpoint: {interval: 0.5}\n")
+    run_dir = tmp_path / "runs" / "tr"
+    proc = subprocess.Popen(torchrun(4, "--config", str(config), "--run-id", "tr", restarts=1),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    wait_for(lambda: proc.poll() is not None or checkpoint_file(run_dir, 0).exists(), 120, "server 0's checkpoint")
+    os.kill(next(e["pid"] for e in events(run_dir, "server-0") if e["ev"] == "start"), signal.SIGKILL)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-3000:]
+    restored = [e for e in events(run_dir, "server-0") if e["ev"] == "restored"]
+    assert len(restored) == 1 and restored[0]["restart"] == 1 and min(restored[0]["versions"].values()) >= 1
+    summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["worker_status"] == {"0": "done", "1": "done", "2": "done"}
-    assert 3 * 120 <= summary["steps"] <= 3 * 120 + 6
+    budget = [e["steps"] for e in events(run_dir, "server-0") if e["ev"] == "budget"]
+    assert budget and 3 * 120 <= budget[-1] <= 3 * 120 + 6  # the budget counts each step once, redone or not
     assert summary["final_accuracy"] >= 0.8
 
 

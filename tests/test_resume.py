@@ -1,10 +1,13 @@
-"""A stopped run continues from its servers' checkpoints (`weaksync train --resume RUN_DIR`): the step
-budget, versions, optimizer state and data position go on, and it ends where an unstopped run ends."""
+"""Recovery from checkpoints: a killed server restarts from its own and the workers reconnect; a stopped run
+continues from its servers' (`weaksync train --resume RUN_DIR`): the step budget, versions, optimizer state
+and data position go on, and it ends where an unstopped run ends."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -20,20 +23,53 @@ pytestmark = pytest.mark.e2e
 STEPS = 400  # per worker: the stopped run is cut at about a third of it
 
 
-def test_a_stopped_run_resumes_to_the_same_accuracy(tmp_path: Path) -> None:
+def _kill_a_server_and_a_worker(proc, run_dir: Path) -> float:
+    """SIGKILL server 0 once it has a checkpoint, then worker 2 once server 0 restored it; returns the
+    server's kill time."""
+    wait_for(lambda: proc.poll() is not None or checkpoint_file(run_dir, 0).exists(), 60, "server 0's checkpoint")
+    killed_at = time.time()
+    os.kill(next(e["pid"] for e in events(run_dir, "server-0") if e["ev"] == "start"), signal.SIGKILL)
+    restored = lambda: any(e["ev"] == "restored" for e in events(run_dir, "server-0"))  # noqa: E731
+    wait_for(lambda: proc.poll() is not None or restored(), 30, "server 0 to restore its checkpoint")
+    os.kill(next(e["pid"] for e in events(run_dir, "worker-2") if e["ev"] == "start"), signal.SIGKILL)
+    rejoined = lambda: any(e["ev"] == "rejoin" and e["w"] == 2 for e in events(run_dir, "server-1"))  # noqa: E731
+    wait_for(lambda: proc.poll() is not None or rejoined(), 30, "worker 2's new process to rejoin")
+    assert proc.poll() is None, proc.communicate()
+    return killed_at
+
+
+def test_killed_roles_come_back_and_a_stopped_run_resumes_to_the_same_accuracy(tmp_path: Path) -> None:
+    """One run, three recoveries. A SIGKILLed server restarts from its last checkpoint on its old port and
+    the workers reconnect (on_server_failure=restart, the default); a SIGKILLed worker rejoins
+    (on_worker_failure=restart). Then Ctrl-C, and `--resume` goes on from the checkpoints: the same
+    accuracy as a run without any of it."""
     stopped_dir = tmp_path / "stopped"
     proc = weaksync_cli(
         "train", "--mode", "bsp", "--steps", str(STEPS), "--quiet", "--out-dir", str(stopped_dir),
-        "--set", "checkpoint.interval=0.5", "--set", "train.eval_interval=0.5",
+        "--set", "checkpoint.interval=0.5", "--set", "train.eval_interval=0.5", "--on-worker-failure", "restart",
     )  # fmt: skip
-    steps = lambda: sum(1 for e in events(only_run_dir(stopped_dir), "worker-0") if e["ev"] == "step")  # noqa: E731
+    wait_for(lambda: proc.poll() is not None or only_run_dir(stopped_dir).exists(), 30, "the run directory")
+    run_dir = only_run_dir(stopped_dir)
+    killed_at = _kill_a_server_and_a_worker(proc, run_dir)
+    steps = lambda: sum(1 for e in events(run_dir, "worker-0") if e["ev"] == "step")  # noqa: E731
     wait_for(lambda: proc.poll() is not None or steps() >= STEPS // 3, 90, "a third of the steps")
     os.killpg(proc.pid, signal.SIGINT)
     proc.communicate(timeout=60)
-    run_dir = only_run_dir(stopped_dir)
-    done = [torch.load(checkpoint_file(run_dir, s), weights_only=False)["core"]["clocks"] for s in (0, 1)]
-    total = max(sum(clocks.values()) for clocks in done)  # servers checkpoint on their own; workers go on
-    # from the most steps any server saw
+
+    server_0 = events(run_dir, "server-0")
+    assert min(next(e for e in server_0 if e["ev"] == "restored")["versions"].values()) >= 1  # not θ₀
+    assert min(e["t"] for e in server_0 if e["ev"] == "update" and e["t"] > killed_at) - killed_at <= 10.0
+    back = {e["w"] for w in (0, 1, 3) for e in events(run_dir, f"worker-{w}") if e["ev"] == "server-back"}
+    assert back == {0, 1, 3}  # every live worker reconnected to the restarted server
+    recovery = json.loads((run_dir / "summary.json").read_text())["recovery"]
+    assert (recovery["servers"], recovery["workers"]) == (1, 1), recovery
+    assert all(r["back_after"] is not None for r in recovery["events"]), recovery
+
+    cores = [torch.load(checkpoint_file(run_dir, s), weights_only=False)["core"] for s in (0, 1)]
+    done = [core["clocks"] for core in cores]  # where each worker goes on from
+    # the budget counts steps done (a rejoining worker's jump to the slowest clock is not one); servers
+    # checkpoint on their own, and the run goes on from the most steps any server saw
+    total = max(sum(core["steps"].values()) for core in cores)
     assert 0 < total < 4 * STEPS, "the stop came after the end: nothing left to resume"
 
     resumed = run_local(resume_config(run_dir, {"run.out_dir": str(tmp_path / "resumed")})).summary

@@ -70,3 +70,15 @@ def test_leaving_the_block_on_an_exception_stops_every_child() -> None:
     assert not proc.is_alive() and sup.running() == []
     with pytest.raises(ValueError, match="started already"):
         sup.spawn("sleeper", FORK, time.sleep, (0,))
+
+
+def test_respawn_replaces_an_ended_child_only() -> None:
+    sup = Supervisor(grace=0.3)
+    first = sup.spawn("role", FORK, _exit_with, (9,))
+    first.join(10)
+    assert sup.exited() == {"role": 9}
+    second = sup.respawn("role", FORK, _ignore_sigterm_and_sleep)
+    assert second.pid != first.pid and sup.running() == ["role"] and len(sup) == 1
+    with pytest.raises(ValueError, match="not a child that has ended"):
+        sup.respawn("role", FORK, _exit_with, (0,))
+    assert sup.stop() == ["role"]

@@ -186,8 +186,18 @@ class Config(_Section):
     throttle: dict[str, float] = Field(
         default_factory=dict, description="real CPU limits via cgroups: {worker-1: 0.25} = a quarter of one CPU"
     )
-    on_worker_failure: Literal["stop", "continue"] = Field(
-        "stop", description="stop the run, or continue with the live workers when >= k remain"
+    on_worker_failure: Literal["stop", "continue", "restart"] = Field(
+        "stop",
+        description="stop the run, continue with the live workers when >= k remain, or restart the worker "
+        "(it rejoins with the current blocks at the slowest live clock)",
+    )
+    on_server_failure: Literal["stop", "restart"] = Field(
+        "restart",
+        description="stop the run, or restart the server from its last checkpoint (loses at most one "
+        "checkpoint.interval of its updates)",
+    )
+    max_restarts: int = Field(
+        10, ge=0, description="process restarts a run allows, all roles together, before a failure stops it"
     )
 
     def metric_target(self) -> float | None:
@@ -246,6 +256,11 @@ class Config(_Section):
             role, _, rid = name.partition("-")
             if int(rid) >= (c.workers if role == "worker" else c.servers):
                 raise ConfigError(f"throttle: no {name} in a run of {c.workers} workers and {c.servers} servers")
+        if self.on_server_failure == "restart" and self.checkpoint.interval is None:
+            raise ConfigError(
+                "on_server_failure=restart needs checkpoint.interval (a restarted server goes on from its last "
+                "checkpoint): set checkpoint.interval, or on_server_failure=stop"
+            )
         if c.blocks is not None and c.blocks < c.servers:
             raise ConfigError(
                 f"cluster.blocks={c.blocks} is below cluster.servers={c.servers}: every server needs a block"

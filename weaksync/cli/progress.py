@@ -135,6 +135,16 @@ def print_summary(console: Console, run_dir: Path, s: dict[str, Any]) -> None:
         rows.append(("auto", f"{len(quorums.get('changes', []))} changes; {ends}"))
         for change in quorums.get("changes", [])[:8]:
             rows.append((f"  {change['t']:.2f} s {change['who']}", change["reason"]))
+    recovery = s.get("recovery") or {}
+    if recovery.get("restarts"):
+        rows.append(
+            (
+                "restarts",
+                f"{recovery['servers']} servers, {recovery['workers']} workers; back at work after "
+                f"p50 {fmt(recovery['back_after_p50'], '{:.2f}')} / max {fmt(recovery['back_after_max'], '{:.2f}')} s; "
+                f"{recovery['versions_lost']} block versions lost",
+            )
+        )
     for found in s.get("stragglers", []):
         what = f"{found['role']} {found['id']}: {found['metric']} ×{found['ratio']} of its peers"
         if found.get("persistent"):

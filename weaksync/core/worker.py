@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .actions import PullRequest, PushRequest
@@ -60,6 +61,20 @@ class WorkerCore:
         if self.plan is not None or self.step:
             raise ValueError("resume_at: only before the first step")
         self.step = max(0, step)
+
+    def rebase(self, blocks: Iterable[int]) -> list[PullRequest]:
+        """A server came back from its checkpoint (or registered this worker anew): versions of its blocks
+        this worker holds may be from updates the server lost, and pulls parked there are void. Forget them
+        and pull those blocks again whatever their version, so no pull waits for a version the server will
+        only make again after updates that wait for this worker."""
+        if self.plan is not None:
+            raise RuntimeError("rebase: only between steps")
+        blocks = sorted(set(blocks))
+        for j in blocks:
+            self.versions[j] = -1
+            self.refreshed.discard(j)
+        self.outstanding.update(blocks)
+        return [PullRequest(j, -1, self.step) for j in blocks]
 
     def start(self, now: float) -> list[PullRequest]:
         """Pull every block in full: all workers start from the servers' θ₀."""

@@ -16,7 +16,10 @@ from typing import Any
 class EventLog:
     def __init__(self, path: Path, flush_interval: float = 1.0):
         path.parent.mkdir(parents=True, exist_ok=True)
+        torn = _ends_torn(path)
         self._file = path.open("a", buffering=1 << 16)
+        if torn:  # a killed process of this role left half a line: the restarted one's records start on a new one
+            self._file.write("\n")
         self._flush_interval = flush_interval
         self._last_flush = time.monotonic()
 
@@ -35,6 +38,15 @@ class EventLog:
     def close(self) -> None:
         if not self._file.closed:
             self._file.close()
+
+
+def _ends_torn(path: Path) -> bool:
+    """Does the file end inside a line (its writer was killed mid-record)?"""
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    with path.open("rb") as f:
+        f.seek(-1, 2)
+        return f.read(1) != b"\n"
 
 
 def log_new_choices(log: EventLog, choices: Sequence[Any], logged: int, **who: Any) -> int:

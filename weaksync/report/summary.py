@@ -12,6 +12,7 @@ import numpy as np
 from ..config import Config
 from ..records.eventlog import read_events
 from ..records.files import write_json
+from .recovery import recovery_section
 from .slow import find_stragglers
 
 
@@ -20,6 +21,10 @@ def _events(run_dir: Path, pattern: str) -> list[dict[str, Any]]:
     for path in sorted((run_dir / "events").glob(pattern)):
         out.extend(read_events(path))
     return out
+
+
+def _logs_by_process(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    return {path.stem: list(read_events(path)) for path in sorted((run_dir / "events").glob("*-*.jsonl"))}
 
 
 def _procs(run_dir: Path, role: str) -> list[dict[str, Any]]:
@@ -223,6 +228,7 @@ def build_summary(
         },
         "peak_rss_bytes": {f"{p['role']}-{p['id']}": p["peak_rss_bytes"] for p in servers + workers},
         "worker_status": {str(w["id"]): w.get("status") for w in workers},
+        "recovery": recovery_section(_events(run_dir, "launcher.jsonl"), _logs_by_process(run_dir), start),
     }
     write_json(run_dir / "summary.json", summary)
     return summary

@@ -33,6 +33,7 @@ from .spec import FINAL_MODEL, RoleError, RoleSpec, connect_store, install_stop_
 
 NICE = 10
 DONE_POLL = 0.1  # seconds between checks for the end of training while waiting for the next snapshot
+PEEK_AGAIN = 5.0  # seconds before the blocks a snapshot still lacks are asked for again (their server restarted)
 
 
 MAX_PENDING_BYTES = 256 << 20
@@ -85,19 +86,24 @@ class Evaluator:
 
     def snapshot(self, timeout: float) -> tuple[torch.Tensor, int] | None:
         """θ as the servers hold it now (a copy) and the total number of updates; None on timeout."""
-        for block in self.layout.blocks:
-            self.socks[block.server].send_multipart(encode(Peek(block.index)))
         theta = torch.empty(self.layout.total)
         versions: dict[int, int] = {}
         deadline = time.monotonic() + timeout
         poller = zmq.Poller()
         for sock in self.socks:
             poller.register(sock, zmq.POLLIN)
+        asked = 0.0
         while len(versions) < self.layout.num_blocks:
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            left = deadline - now
             if left <= 0:
                 return None
-            for sock, _ in poller.poll(int(left * 1000)):
+            if now - asked >= PEEK_AGAIN:  # a peek that reached a server killed since is lost: ask again
+                asked = now
+                for block in self.layout.blocks:
+                    if block.index not in versions:
+                        self.socks[block.server].send_multipart(encode(Peek(block.index)))
+            for sock, _ in poller.poll(int(min(left, PEEK_AGAIN) * 1000)):
                 try:
                     msg = decode(sock.recv_multipart(copy=False))
                 except BadMessage:

@@ -12,8 +12,9 @@ import os
 import signal
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from torch.distributed import PrefixStore, TCPStore
 
 from ..config import Config, ConfigError, dump_config, load_config
 from ..errors import WeaksyncError
+from ..records.eventlog import EventLog
 from ..records.files import write_json
 from ..report.summary import summarize_run
 from ..stragglers.cgroup import CpuThrottle
@@ -241,6 +243,40 @@ class LocalCluster:
         self.own_keys = self.keys.for_principal(LAUNCHER) if self.keys else None
         self.gone: set[str] = set()
         self.throttle: CpuThrottle | None = None
+        self.restarts: Counter[str] = Counter()
+        self.log = EventLog(run_dir / "events" / "launcher.jsonl", flush_interval=0.0)
+
+    def restart_policy(self, role: str) -> str:
+        """What a failure of this role does: the config's rule for workers and servers; an evaluator stops."""
+        if role == "worker":
+            return f"on_worker_failure={self.config.on_worker_failure}"
+        if role == "server":
+            return f"on_server_failure={self.config.on_server_failure}"
+        return "an evaluator is never restarted"
+
+    def may_restart(self, name: str, code: int) -> bool:
+        """Restart a role that died, unless its rule says stop, it stopped on a reason it stated (exit 3: a
+        restart would meet it again) or the run has used its max_restarts."""
+        role = name.split("-")[0]
+        wanted = self.restart_policy(role) in ("on_worker_failure=restart", "on_server_failure=restart")
+        return wanted and code != 3 and sum(self.restarts.values()) < self.config.max_restarts
+
+    def restart(self, name: str, code: int) -> None:
+        """Start a new process for a role that died. A worker's servers hear first that the old process is
+        gone (its pulls are void, quorums stop waiting for it); its hello then brings it back at the slowest
+        live clock. A server restores its last checkpoint and binds its old port, where its peers reconnect."""
+        role, rank = name.split("-")[0], int(name.split("-")[1])
+        old_pid = self.processes.pid(name)
+        if role == "worker":
+            self.tell_servers(Leave(rank, pid=old_pid))
+        self.restarts[name] += 1
+        spec = replace(self.spec(role, rank), restarts=self.restarts[name])
+        proc = self.processes.respawn(name, self.ctx, _entry, (spec,))
+        if self.throttle is not None and name in self.config.throttle:
+            self.throttle.set(name, proc.pid, self.config.throttle[name])
+        self.log.write(
+            "restart", name=name, why=describe_exit(code), pid=old_pid, new_pid=proc.pid, n=self.restarts[name]
+        )
 
     def spec(self, role: str, rank: int) -> RoleSpec:
         return RoleSpec(
@@ -330,6 +366,7 @@ def run_local(
         killed = cluster.processes.stop()
         if cluster.throttle is not None:
             cluster.throttle.close()
+        cluster.log.close()
         cluster.store = None  # type: ignore[assignment]  # closes the store's server socket
     return finish_run(run_dir, config, failure, killed, len(cluster.processes))
 
@@ -344,6 +381,9 @@ def _watch(cluster: LocalCluster, on_progress: ProgressCallback | None, poll_int
         for name, code in exited.items():
             if code == 0 or name in cluster.gone:
                 continue
+            if cluster.may_restart(name, code):
+                cluster.restart(name, code)
+                continue
             cluster.gone.add(name)
             if name in workers and config.on_worker_failure == "continue" and workers - cluster.gone:
                 # servers cap the push quorum at the live workers, so the others go on without it
@@ -352,9 +392,11 @@ def _watch(cluster: LocalCluster, on_progress: ProgressCallback | None, poll_int
                 cluster.prefixed.set(f"done/worker/{rank}", "failed")
                 continue
             why = cluster.error_of(name)
+            used = sum(cluster.restarts.values())
+            spent = f", {used} restarts used of max_restarts={config.max_restarts}" if used else ""
             return (
                 f"{name} stopped unexpectedly ({describe_exit(code)}{': ' + why if why else ''}); "
-                f"stopping the run (on_worker_failure={config.on_worker_failure})"
+                f"stopping the run ({cluster.restart_policy(name.split('-')[0])}{spent})"
             )
         if len(exited) == len(cluster.processes):
             return None

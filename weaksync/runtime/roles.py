@@ -76,7 +76,7 @@ def _embedded_spec() -> RoleSpec:
 
 
 def _torchrun_spec(config: Config | str | Path | None, overrides: dict[str, Any] | None) -> RoleSpec:
-    from .spec import keys_from_config
+    from .spec import elastic_restarts, keys_from_config
     from .torchrun import assign_role, env_int, store_address
 
     if config is None:
@@ -92,4 +92,8 @@ def _torchrun_spec(config: Config | str | Path | None, overrides: dict[str, Any]
     run_dir.mkdir(parents=True, exist_ok=True)
     if role == "server" and rid == 0:
         (run_dir / "config.yaml").write_text(dump_config(cfg))
-    return RoleSpec(role, rid, cfg, None, host, port, run_id, str(run_dir), watch_pid=os.getppid(), keys=keys)
+    restarts = elastic_restarts()
+    return RoleSpec(
+        role, rid, cfg, None, host, port, run_id, str(run_dir), watch_pid=os.getppid(), keys=keys,
+        restarts=restarts, store_round=restarts,
+    )  # fmt: skip

@@ -133,7 +133,9 @@ class Server:
         self.reply_delays: list[float] = []
         self.push_delays: dict[int, deque[float]] = defaultdict(lambda: deque(maxlen=20000))
         self.last_checkpoint = time.monotonic()
-        if cfg.run.resume:
+        if spec.restarts and checkpoint_file(spec.path, spec.rank).is_file():
+            self.restore(spec.path)  # this server was killed: it goes on from its last checkpoint in this run
+        elif cfg.run.resume:
             self.restore(Path(cfg.run.resume))
 
     # -- checkpoints -----------------------------------------------------------------------------------
@@ -161,7 +163,15 @@ class Server:
             )
         self.core.restore(doc["core"])
         self.blockstore.load(doc["blocks"])
-        self.log.write("restored", s=self.spec.rank, t=time.time(), path=str(path), updates=self.core.updates)
+        self.log.write(
+            "restored",
+            s=self.spec.rank,
+            t=time.time(),
+            path=str(path),
+            updates=self.core.updates,
+            restart=self.spec.restarts,
+            versions={str(j): v for j, v in sorted(doc["core"]["versions"].items())},
+        )
 
     def serve(self, sock: zmq.Socket) -> None:
         poller = zmq.Poller()
@@ -455,6 +465,28 @@ def serve_server(spec: RoleSpec, model: nn.Module) -> bool:
     return serve(spec, Server(spec, model))
 
 
+REBIND_SECONDS = 5.0  # a restarted server retries its old port this long (the killed process's socket may linger)
+
+
+def bind_server(spec: RoleSpec, store: Store, ctx: zmq.Context, rcvhwm: int) -> tuple[zmq.Socket, str]:
+    """The server's socket. A restarted server binds the port it had, which its peers' sockets keep
+    reconnecting to; a first start takes a free port."""
+    host, port = spec.config.cluster.host, None
+    if spec.restarts and store.check([f"server/{spec.rank}"]):
+        port = int(store.get(f"server/{spec.rank}").decode().rsplit(":", 1)[1])
+    deadline = time.monotonic() + REBIND_SECONDS
+    while True:
+        try:
+            return bind_router(ctx, host, rcvhwm, spec.keys, port=port)
+        except zmq.ZMQError as exc:
+            if time.monotonic() > deadline:
+                raise RoleError(
+                    f"server {spec.rank} restarted but cannot bind its port {port} again ({exc}): "
+                    "another process took it; stop that process or restart the run with --resume"
+                ) from None
+            time.sleep(0.1)
+
+
 def serve(spec: RoleSpec, server: Server) -> bool:
     """Bind, publish the endpoint, serve until told to stop. Returns False when it was interrupted
     (SIGINT/SIGTERM) instead."""
@@ -469,12 +501,17 @@ def serve(spec: RoleSpec, server: Server) -> bool:
         server.authenticator = PeerAuthenticator(ctx, spec.keys)
         server.authenticator.start()
     largest = max(b.size for b in server.blockstore.blocks.values()) * 4
-    sock, endpoint = bind_router(ctx, spec.config.cluster.host, inbox_hwm(largest), spec.keys)
+    sock, endpoint = bind_server(spec, store, ctx, inbox_hwm(largest))
     try:
         store.set(f"server/{spec.rank}", endpoint)
         store.set(f"layout/{spec.rank}", server.layout.digest)
         server.log.write(
-            "start", s=spec.rank, pid=os.getpid(), endpoint=endpoint, blocks=sorted(server.blockstore.blocks)
+            "start",
+            s=spec.rank,
+            pid=os.getpid(),
+            endpoint=endpoint,
+            blocks=sorted(server.blockstore.blocks),
+            restart=spec.restarts,
         )
         server.log.flush()
         server.serve(sock)

@@ -47,6 +47,14 @@ class RoleSpec:
     script: str | None = None  # `weaksync run SCRIPT`: run it in this role
     argv: tuple[str, ...] = ()  # the script's own arguments
     keys: RoleKeys | None = None  # CURVE keys of this role (None: security.curve is off)
+    restarts: int = 0  # earlier processes of this role in this run: a restarted server restores its checkpoint
+    store_round: int = 0  # torchrun's restart round: every process of the launch is new, and meets afresh
+
+    @property
+    def store_prefix(self) -> str:
+        """Keys of this run (and round) in the store. A torchrun restart replaces every process of its launch,
+        so the keys of the round before (endpoints, a worker's 'done') belong to processes that are gone."""
+        return f"weaksync/{self.run_id}/" + (f"round-{self.store_round}/" if self.store_round else "")
 
     @property
     def name(self) -> str:
@@ -78,11 +86,17 @@ def keys_from_config(config: Config, role: str, rank: int) -> RoleKeys | None:
         raise ConfigError(str(exc)) from None
 
 
+def elastic_restarts() -> int:
+    """How many times torchrun restarted this launch (--max-restarts): its servers restore their checkpoints."""
+    value = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return int(value) if value.isdigit() else 0
+
+
 def connect_store(spec: RoleSpec) -> Store:
     """A client of the run's TCPStore, keys prefixed by the run id, with an explicit timeout."""
     timeout = timedelta(seconds=spec.config.timeouts.connect)
     store = TCPStore(spec.store_host, spec.store_port, is_master=False, timeout=timeout)
-    return PrefixStore(f"weaksync/{spec.run_id}/", store)
+    return PrefixStore(spec.store_prefix, store)
 
 
 def store_set_json(store: Store, key: str, value: Any) -> None:

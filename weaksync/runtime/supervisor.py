@@ -113,6 +113,13 @@ class Supervisor:
             self._children[name] = _Child(proc)
         return proc
 
+    def respawn(self, name: str, ctx: BaseContext, target: Callable[..., Any], args: tuple = ()) -> BaseProcess:
+        """Start a new process under the name of one that has ended (a restart); its exit code is forgotten."""
+        if name not in self._children or self._children[name].exitcode is None:
+            raise ValueError(f"'{name}' is not a child that has ended")
+        del self._children[name]
+        return self.spawn(name, ctx, target, args)
+
     def popen(self, name: str | None, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
         """Run a command in its own session; `name` None numbers it."""
         name = name if name is not None else f"process-{len(self._children)}"

@@ -23,7 +23,7 @@ from torch.distributed import TCPStore
 
 from ..config import Config, ConfigError, dump_config, load_config, parse_set_pairs
 from ..records.files import write_json
-from .spec import RoleSpec, keys_from_config
+from .spec import RoleSpec, elastic_restarts, keys_from_config
 from .supervisor import Supervisor
 
 
@@ -123,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     run_id = args.run_id or os.environ.get("TORCHELASTIC_RUN_ID") or "torchrun"
     run_dir = Path(config.run.out_dir) / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    spec = RoleSpec(role, rid, config, workload, host, port, run_id, str(run_dir), watch_pid=os.getppid(), keys=keys)
+    restarts = elastic_restarts()  # a restarted launch: servers restore their checkpoints, workers resume
+    spec = RoleSpec(
+        role, rid, config, workload, host, port, run_id, str(run_dir), watch_pid=os.getppid(), keys=keys,
+        restarts=restarts, store_round=restarts,
+    )  # fmt: skip
     if role == "worker":
         from .worker import run_worker
 
@@ -146,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             str(run_dir),
             watch_pid=os.getpid(),
             keys=evaluator_keys,
+            store_round=restarts,
         )
         evaluator.spawn("evaluator", mp.get_context("spawn"), _evaluator_entry, (eval_spec,))
     finished = False

@@ -23,6 +23,7 @@ import zmq
 from torch import nn
 from torch.distributed import Store
 from torch.utils.data import Dataset, Subset
+from zmq.utils.monitor import recv_monitor_message
 
 from ..config import Config
 from ..core.worker import StepPlan, WorkerCore
@@ -106,6 +107,9 @@ class WorkerSession:
         self.identity = f"w{self.id}".encode()
         self.ctx: zmq.Context | None = None
         self.socks: list[zmq.Socket] = []
+        self.monitors: list[zmq.Socket] = []  # per server: its data socket's disconnections
+        self.lost: dict[int, float] = {}  # server -> when its connection dropped, until it welcomes this worker again
+        self.server_blocks = [[b.index for b in self.layout.blocks_of(s)] for s in range(cfg.cluster.servers)]
         self.poller = zmq.Poller()
         self.step_times: list[float] = []
         self.recent_stale: deque[int] = deque(maxlen=20)
@@ -150,14 +154,61 @@ class WorkerSession:
         self.log.write("start", w=self.id, pid=os.getpid(), blocks=self.layout.num_blocks, digest=self.layout.digest)
         self.log.flush()
         self.send_pulls(self.core.start(time.monotonic()))
-        for sock in self.socks:
-            self.poller.register(sock, zmq.POLLIN)
         self.wait_from = time.monotonic()
         return self
 
+    def watch(self, sock: zmq.Socket) -> zmq.Socket:
+        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.poller.register(monitor, zmq.POLLIN)
+        return monitor
+
+    def check_links(self) -> None:
+        """A server whose connection dropped (killed, restarted from its checkpoint): reconnect to it."""
+        for s, monitor in enumerate(self.monitors):
+            dropped = False
+            while monitor.poll(0):
+                recv_monitor_message(monitor)
+                dropped = True
+            if dropped:
+                self.reconnect(s)
+
+    def reconnect(self, server: int) -> None:
+        """A new socket to `server` (what the old one still queued, pushes and pulls for a process that is
+        gone, goes with it) and a new hello; the server's welcome then rebases this worker's copies of its
+        blocks (`on_welcome`). The endpoint is read again: the restarted server advertises where it is."""
+        old, monitor = self.socks[server], self.monitors[server]
+        for sock in (old, monitor):
+            self.poller.unregister(sock)
+        old.disable_monitor()
+        monitor.close(linger=0)
+        old.close(linger=0)
+        assert self.kv is not None and self.ctx is not None
+        endpoint = self.kv.get(f"server/{server}").decode()
+        sock = connect_dealer(self.ctx, endpoint, self.identity, self.spec.keys)
+        sock.send_multipart(encode(Hello(worker=self.id, digest=self.layout.digest, pid=os.getpid())))
+        self.socks[server] = sock
+        self.poller.register(sock, zmq.POLLIN)
+        self.monitors[server] = self.watch(sock)
+        self.lost.setdefault(server, time.monotonic())
+        self.log.write("server-lost", w=self.id, s=server, step=self.core.step)
+
+    def on_welcome(self, msg: Welcome) -> None:
+        """A server this worker reconnected to registered it again: pull its blocks whatever their version
+        (a restored server's versions may be below this worker's copies)."""
+        since = self.lost.pop(msg.server, None)
+        if since is None or not 0 <= msg.server < len(self.server_blocks):
+            self.count_bad("unexpected 'welcome'")
+            return
+        self.send_pulls(self.core.rebase(self.server_blocks[msg.server]))
+        self.log.write("server-back", w=self.id, s=msg.server, after=time.monotonic() - since, step=self.core.step)
+
     def connect(self, ctx: zmq.Context, endpoints: list[str]) -> None:
+        """Register with every server. Each socket is watched from before its hello: a server lost from then
+        on (even while this worker registers, or before its first pulls reach it) is reconnected."""
         self.socks = [connect_dealer(ctx, ep, self.identity, self.spec.keys) for ep in endpoints]
         for sock in self.socks:
+            self.monitors.append(self.watch(sock))
+            self.poller.register(sock, zmq.POLLIN)
             sock.send_multipart(encode(Hello(worker=self.id, digest=self.layout.digest, pid=os.getpid())))
         pending = set(range(len(self.socks)))
         clock = 0
@@ -170,6 +221,7 @@ class WorkerSession:
                     f"servers {sorted(pending)} did not answer registration within {left_total:.0f}s "
                     "(timeouts.connect): check that they run and are reachable"
                 )
+            self.check_links()
             for s in list(pending):
                 if self.socks[s].poll(int(min(left, 0.1) * 1000)):
                     msg = decode(self.socks[s].recv_multipart())
@@ -177,6 +229,7 @@ class WorkerSession:
                         raise RegistrationError(f"server {s} refused worker {self.id}: {msg.reason}")
                     if isinstance(msg, Welcome):
                         pending.discard(s)
+                        self.lost.pop(s, None)  # nothing to rebase: nothing was pulled yet
                         clock = max(clock, msg.clock)
         if clock:
             self.core.resume_at(clock)  # a resumed run: the step count (and the data position) goes on
@@ -195,6 +248,7 @@ class WorkerSession:
                 return False
             self.outbox.flush(time.monotonic())
             self.drain()
+            self.check_links()
             now = time.monotonic()
             if self.core.ready(now):
                 break
@@ -346,6 +400,9 @@ class WorkerSession:
         if isinstance(msg, Done):
             self.done = True
             return
+        if isinstance(msg, Welcome):
+            self.on_welcome(msg)
+            return
         if not isinstance(msg, Block):
             self.count_bad(f"unexpected '{msg.KIND}'")
             return
@@ -432,7 +489,10 @@ class WorkerSession:
         if self.beat is not None and self.beat.is_alive():
             self.beat.join(timeout=2)
         for sock in self.socks:
+            sock.disable_monitor()
             sock.close(linger=200)  # give 'bye' a moment to leave
+        for monitor in self.monitors:
+            monitor.close(linger=0)
         if self.ctx is not None:
             self.ctx.term()
 

@@ -30,11 +30,12 @@ def inbox_hwm(max_block_bytes: int) -> int:
 
 
 def bind_router(
-    ctx: zmq.Context, host: str, rcvhwm: int = DEFAULT_HWM, keys: RoleKeys | None = None
+    ctx: zmq.Context, host: str, rcvhwm: int = DEFAULT_HWM, keys: RoleKeys | None = None, port: int | None = None
 ) -> tuple[zmq.Socket, str]:
-    """A server's socket on a free port of `host`, reading at most `rcvhwm` messages ahead per peer;
-    returns it and the endpoint to advertise. With `keys` it is a CURVE server: start the context's
-    `PeerAuthenticator` first, or libzmq lets any client key in."""
+    """A server's socket on a free port of `host` (or on `port`: a restarted server takes the port its peers
+    reconnect to), reading at most `rcvhwm` messages ahead per peer; returns it and the endpoint to
+    advertise. With `keys` it is a CURVE server: start the context's `PeerAuthenticator` first, or libzmq
+    lets any client key in."""
     sock = ctx.socket(zmq.ROUTER)
     _common(sock)
     if keys is not None:
@@ -47,7 +48,14 @@ def bind_router(
     # over to whoever claims it would let a key holder steal another connection's replies
     sock.setsockopt(zmq.ROUTER_HANDOVER, 0 if keys is not None else 1)
     bind_host = host if _is_ip_literal(host) else "*"  # a hostname: listen everywhere, advertise the name
-    port = sock.bind_to_random_port(f"tcp://{bind_host}")
+    if port is None:
+        port = sock.bind_to_random_port(f"tcp://{bind_host}")
+    else:
+        try:
+            sock.bind(f"tcp://{bind_host}:{port}")
+        except zmq.ZMQError:
+            sock.close(linger=0)
+            raise
     return sock, f"tcp://{host}:{port}"
 
 
