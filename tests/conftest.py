@@ -73,6 +73,11 @@ def events(run_dir: Path, name: str) -> list[dict[str, Any]]:
     return out
 
 
+def trained_checkpoint(run_dir: Path, server: int = 0) -> bool:
+    """Has the server written a checkpoint after its first update (not one of θ₀, before training began)?"""
+    return any(e["ev"] == "checkpoint" and e["updates"] > 0 for e in events(run_dir, f"server-{server}"))
+
+
 def only_run_dir(parent: Path) -> Path:
     dirs = [d for d in parent.iterdir() if d.is_dir()] if parent.exists() else []
     return dirs[0] if len(dirs) == 1 else Path("/nonexistent")

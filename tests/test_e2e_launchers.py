@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import events, wait_for
+from conftest import events, trained_checkpoint, wait_for
 
-from weaksync.runtime.spec import checkpoint_file
 from weaksync.transport.security import RunKeys
 
 pytestmark = pytest.mark.e2e
@@ -47,7 +46,7 @@ def test_torchrun_one_launch_trains_and_a_killed_server_restores_its_checkpoint(
     run_dir = tmp_path / "runs" / "tr"
     proc = subprocess.Popen(torchrun(4, "--config", str(config), "--run-id", "tr", restarts=1),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    wait_for(lambda: proc.poll() is not None or checkpoint_file(run_dir, 0).exists(), 120, "server 0's checkpoint")
+    wait_for(lambda: proc.poll() is not None or trained_checkpoint(run_dir), 120, "a checkpoint of a trained θ")
     os.kill(next(e["pid"] for e in events(run_dir, "server-0") if e["ev"] == "start"), signal.SIGKILL)
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err[-3000:]

@@ -16,7 +16,7 @@ LAYERS = [  # bottom first; packages on one line may not import each other
     ["config"],
     ["training"],
     ["report"],
-    ["runtime"],
+    ["runtime", "sim"],
     ["testbed"],
     ["bench"],
     ["cli"],

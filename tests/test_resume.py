@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import events, only_run_dir, small_config, wait_for, weaksync_cli
+from conftest import events, only_run_dir, small_config, trained_checkpoint, wait_for, weaksync_cli
 
 from weaksync.config import ConfigError
 from weaksync.runtime.launcher import resume_config, run_local
@@ -26,7 +26,7 @@ STEPS = 400  # per worker: the stopped run is cut at about a third of it
 def _kill_a_server_and_a_worker(proc, run_dir: Path) -> float:
     """SIGKILL server 0 once it has a checkpoint, then worker 2 once server 0 restored it; returns the
     server's kill time."""
-    wait_for(lambda: proc.poll() is not None or checkpoint_file(run_dir, 0).exists(), 60, "server 0's checkpoint")
+    wait_for(lambda: proc.poll() is not None or trained_checkpoint(run_dir), 60, "a checkpoint of a trained θ")
     killed_at = time.time()
     os.kill(next(e["pid"] for e in events(run_dir, "server-0") if e["ev"] == "start"), signal.SIGKILL)
     restored = lambda: any(e["ev"] == "restored" for e in events(run_dir, "server-0"))  # noqa: E731

@@ -1,4 +1,4 @@
-"""`weaksync` command line: train, bench, report, summarize, throttle, cluster."""
+"""`weaksync` command line: train, run, bench, simulate, report, summarize, throttle, keys, cluster."""
 
 from __future__ import annotations
 
@@ -209,6 +209,74 @@ def bench(
         run_matrix(scenarios, modes, repeats, out_dir, overrides, on_cell)
     console.print((out_dir / "results.md").read_text())
     console.print(f"results: {out_dir} (weaksync report {out_dir}/* renders the runs)")
+
+
+@app.command()
+def simulate(
+    workers: int = typer.Option(4, min=1, help="N"),
+    servers: int = typer.Option(2, min=1, help="S"),
+    blocks: int | None = typer.Option(None, min=1, help="B (default: the mode's, at least S)"),
+    mode: str | None = typer.Option(None, help="sync mode (default: the config's, auto)"),
+    steps: int = typer.Option(100, min=1, help="steps per worker"),
+    scenario: str | None = typer.Option(None, help="straggler scenario: a shipped name or a YAML path"),
+    model_bytes: int = typer.Option(605_224, min=1, help="bytes of θ (default: the digits CNN's)"),
+    coalesce: bool = typer.Option(False, help="one push, pull and reply message per server instead of per block"),
+    calibrate: Path | None = typer.Option(None, help="predict this real run: its config, size and compute times"),
+    fit: bool = typer.Option(False, help="with --calibrate: fit the per-message cost to this run's p50 wait"),
+    seed: int = typer.Option(0),
+    set_: list[str] = typer.Option([], "--set", help="config fields, and time model fields as time.FIELD=value"),
+    out: Path | None = typer.Option(None, help="write the simulated summary here (JSON)"),
+) -> None:
+    """Simulate a run with the protocol core on a simulated clock: the scale questions (N to 1,000), and
+    --calibrate to check the simulator against a real run."""
+    import json
+
+    from pydantic import ValidationError
+
+    from ..sim.calibrate import comparison, fit_message_cost, simulate_run
+    from ..sim.engine import Simulation, even_blocks
+    from ..sim.timing import TimeModel
+
+    pairs = parse_set_pairs(set_)
+    try:
+        model = TimeModel(**{k.removeprefix("time."): v for k, v in pairs.items() if k.startswith("time.")})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        raise ConfigError(
+            f"--set time.{field}: {first['msg'].lower()}: see the fields of weaksync/sim/timing.py"
+        ) from None
+    console = Console()
+    if calibrate is not None:
+        if fit:
+            model = fit_message_cost(calibrate, model)
+            console.print(
+                f"fitted: message_cpu {model.message_cpu * 1e6:.1f} µs, byte_cpu {model.byte_cpu * 1e9:.3f} ns"
+            )
+        summary, measured = simulate_run(calibrate, model, seed=seed, coalesce=coalesce)
+        console.print(f"simulated {calibrate} ({summary['mode']}, N={summary['num_workers']})")
+        for name, sim, real in comparison(summary, measured):
+            error = f"{(sim - real) / real:+.1%}" if sim is not None and real else "-"
+            console.print(f"  {name:20} simulated {sim if sim is None else f'{sim:.4g}':>10}  real "
+                          f"{real if real is None else f'{real:.4g}':>10}  error {error}")  # fmt: skip
+    else:
+        overrides = {"cluster.workers": workers, "cluster.servers": servers, "cluster.blocks": blocks,
+                     "sync.mode": mode, "train.steps": steps, "scenario": scenario}  # fmt: skip
+        config = load_config(None, {**overrides, **{k: v for k, v in pairs.items() if not k.startswith("time.")}})
+        num_blocks = config.cluster.blocks or max(config.cluster.servers, 1)
+        sizes, owners = even_blocks(model_bytes, num_blocks, config.cluster.servers)
+        summary = Simulation(config, model, sizes, owners, coalesce=coalesce, seed=seed).run()
+        step = summary["step_time"] or {}
+        console.print(
+            f"simulated {summary['mode']} N={summary['num_workers']} S={summary['num_servers']} "
+            f"B={summary['num_blocks']}{' coalesced' if coalesce else ''}: {summary['steps_per_s']:.1f} steps/s, "
+            f"step p50/p95 {step.get('p50', 0) * 1e3:.2f}/{step.get('p95', 0) * 1e3:.2f} ms, "
+            f"{summary['traffic']['msgs_per_step']:.1f} messages per step; "
+            f"{summary['simulation']['events']:,} events in {summary['simulation']['wall_seconds']:.1f} s"
+        )
+    if out is not None:
+        out.write_text(json.dumps(summary, indent=1))
+        console.print(f"summary: {out}")
 
 
 @app.command()

@@ -82,6 +82,7 @@ class ServerCore:
         self.live: set[int] = self.members.live  # the same set: the workers waited for
         self.clocks: dict[int, int] = {w: 0 for w in self.live}  # steps completed, the SSP clock
         self.steps: Counter[int] = Counter()  # steps each worker did, as counted for the budget
+        self.steps_total = 0  # their sum, kept as they grow (the budget is checked on every push and pull)
         self.starting: set[int] = set()  # said hello, not yet reported a clock: that report is where it starts
         self.drops: Counter[str] = Counter()
         self.accepted: Counter[int] = Counter()  # per worker
@@ -113,7 +114,14 @@ class ServerCore:
         already did), so a departed worker never stalls the rest and an early finisher never cuts a
         round short."""
         state = self.blocks[block]
-        return max(1, min(self._k(state), len(self.live | state.contributors.keys())))
+        return max(1, min(self._k(state), self._can_contribute(state)))
+
+    def _can_contribute(self, state: _BlockState) -> int:
+        """How many workers can be in this round: the live ones and those who already are. While every worker
+        is live that is N, without a set union per push (O(N) each at a thousand workers)."""
+        if len(self.live) == self.policy.num_workers:
+            return len(self.live)
+        return len(self.live | state.contributors.keys())
 
     def _warming(self, state: _BlockState) -> bool:
         """Is this block still in its synchronous warm-up (policy.sync_warmup: bsp's k = N, τ = 0, parked pulls)?"""
@@ -130,7 +138,7 @@ class ServerCore:
         """Steps completed by all workers together, as far as this server has heard (the run's budget
         counts these, so a slow worker's missing steps are made up by the others). A rejoining worker's
         jump to the clock it resumes from is not counted: the run never ends on steps nobody did."""
-        return sum(self.steps.values())
+        return self.steps_total
 
     def next_deadline(self) -> float | None:
         """Earliest time `on_timer` has work to do (a push deadline, a grace, an expiry), or None."""
@@ -362,6 +370,7 @@ class ServerCore:
         for w, steps in doc.get("steps", doc["clocks"]).items():  # older checkpoints: the clocks were the count
             if int(w) in self.clocks:
                 self.steps[int(w)] = int(steps)
+        self.steps_total = sum(self.steps.values())
         self.updates = int(doc.get("updates", 0))
 
     # -- rules ---------------------------------------------------------------------------------------
@@ -393,7 +402,7 @@ class ServerCore:
 
     def _close_if_due(self, block: int, state: _BlockState, now: float) -> list[ServerAction]:
         """Apply once every worker that can contribute did, or k did and the grace (if any) is over."""
-        have, can = len(state.contributors), len(self.live | state.contributors.keys())
+        have, can = len(state.contributors), self._can_contribute(state)
         if have >= can:
             return self._apply(block, state, now=now)
         if have < max(1, min(self._k(state), can)):  # quorum(block), without a second set union
@@ -506,6 +515,7 @@ class ServerCore:
             return []
         if not starting:
             self.steps[worker] += clock - self.clocks[worker]
+            self.steps_total += clock - self.clocks[worker]
         if self.policy.ssp_slack is None:
             self.clocks[worker] = clock
             return []

@@ -1,0 +1,1 @@
+"""Discrete-event simulation: the protocol core driven by a simulated clock, for the scale questions."""

@@ -1,0 +1,91 @@
+"""Predict a real run: its config, its model's size and its workers' measured compute times, in the simulator.
+
+What comes from the run: the mode, N, S, B and steps (config.yaml), θ's size (meta.json), and each worker's
+compute time per step as measured (step events, `t_end - t`, less the delay its straggler rule injected; the
+simulator injects the rule's delays afresh). What does not: the cost of a message and of a byte, which the
+run does not measure apart from waiting. Those come from the time model (defaults, `--set`), or with
+`fit_message_cost` from one run's p50 wait: fit on one run, then predict the others.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, ConfigError, load_config
+from ..records.eventlog import read_events
+from .engine import Simulation, even_blocks
+from .timing import TimeModel
+
+FLOAT_BYTES = 4
+
+
+def _read_run(run_dir: Path) -> tuple[Config, dict[str, Any], dict[str, Any]]:
+    for name in ("config.yaml", "meta.json", "summary.json"):
+        if not (run_dir / name).is_file():
+            raise ConfigError(f"--calibrate: '{run_dir}' has no {name}: pass the directory of a finished run")
+    config = load_config(run_dir / "config.yaml")
+    return config, json.loads((run_dir / "meta.json").read_text()), json.loads((run_dir / "summary.json").read_text())
+
+
+def compute_samples(run_dir: Path) -> dict[int, list[float]]:
+    """Each worker's measured compute per step, without the delays its straggler rule injected."""
+    out: dict[int, list[float]] = {}
+    for path in sorted((run_dir / "events").glob("worker-*.jsonl")):
+        for e in read_events(path):
+            if e["ev"] == "step":
+                out.setdefault(int(e["w"]), []).append(max(1e-6, e["t_end"] - e["t"] - e.get("injected", 0.0)))
+    if not out:
+        raise ConfigError(f"--calibrate: '{run_dir}' logged no worker step: pass a run that trained")
+    return out
+
+
+def simulate_run(run_dir: Path, model: TimeModel, seed: int = 0, coalesce: bool = False) -> tuple[dict, dict]:
+    """(the simulation's summary, the run's own summary) for the run in `run_dir`."""
+    config, meta, measured = _read_run(run_dir)
+    model = model.model_copy(update={"compute_samples": compute_samples(run_dir)})
+    sizes, servers = even_blocks(meta["theta_size"] * FLOAT_BYTES, meta["num_blocks"], meta["num_servers"])
+    return Simulation(config, model, sizes, servers, coalesce=coalesce, seed=seed).run(), measured
+
+
+def comparison(simulated: dict[str, Any], measured: dict[str, Any]) -> list[tuple[str, float | None, float | None]]:
+    """(figure, simulated, measured) for what calibration is judged on."""
+
+    def p(summary: dict[str, Any], key: str, q: str) -> float | None:
+        return (summary.get(key) or {}).get(q)
+
+    measured_wait = [w["wait_time"]["p50"] for w in (measured.get("workers") or {}).values() if w.get("wait_time")]
+    return [
+        ("steps/s", simulated["steps_per_s"], measured.get("steps_per_s")),
+        ("step time p50 (s)", p(simulated, "step_time", "p50"), p(measured, "step_time", "p50")),
+        ("step time p95 (s)", p(simulated, "step_time", "p95"), p(measured, "step_time", "p95")),
+        (
+            "wait p50 (s)",
+            p(simulated, "wait_time", "p50"),
+            sorted(measured_wait)[len(measured_wait) // 2] if measured_wait else None,
+        ),
+        (
+            "messages per step",
+            simulated["traffic"]["msgs_per_step"],
+            (measured.get("traffic") or {}).get("msgs_per_step"),
+        ),
+    ]
+
+
+def fit_message_cost(run_dir: Path, model: TimeModel, rounds: int = 12) -> TimeModel:
+    """The per-message CPU cost (byte cost in proportion) at which the simulated p50 wait of this run equals the
+    measured one: bisection on a log scale between 1 µs and 10 ms."""
+    _, _, measured = _read_run(run_dir)
+    target = dict((name, m) for name, _, m in comparison(simulate_run(run_dir, model)[0], measured))["wait p50 (s)"]
+    if not target:
+        raise ConfigError(f"--fit: '{run_dir}' has no measured wait to fit")
+    low, high = 1e-6, 1e-2
+    ratio = model.byte_cpu / model.message_cpu if model.message_cpu > 0 else 0.0
+    for _ in range(rounds):
+        mid = (low * high) ** 0.5
+        trial = model.model_copy(update={"message_cpu": mid, "byte_cpu": ratio * mid})
+        wait = comparison(simulate_run(run_dir, trial)[0], measured)[3][1] or 0.0
+        low, high = (mid, high) if wait < target else (low, mid)
+    best = (low * high) ** 0.5
+    return model.model_copy(update={"message_cpu": best, "byte_cpu": ratio * best})
