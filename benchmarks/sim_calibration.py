@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from weaksync.sim.calibrate import comparison, fit_message_cost, simulate_run
+from weaksync.sim.calibrate import comparison, fit_message_cost, load_run, simulate_run
 from weaksync.sim.timing import TimeModel
 
 
@@ -25,14 +25,14 @@ def main() -> None:
     parser.add_argument("bench", type=Path, help="a `weaksync bench` results folder")
     parser.add_argument("--fit-on", default="none__bsp__0", help="the run whose p50 wait sets the message cost")
     args = parser.parse_args()
-    model = fit_message_cost(args.bench / args.fit_on, TimeModel())
+    model = fit_message_cost(load_run(args.bench / args.fit_on), TimeModel())
     print(
         f"fitted on {args.fit_on}: message_cpu {model.message_cpu * 1e6:.1f} µs, byte_cpu {model.byte_cpu * 1e9:.3f} ns"
     )
     rows = []
     for run in sorted(p for p in args.bench.iterdir() if (p / "summary.json").is_file()):
-        simulated, measured = simulate_run(run, model)
-        figures = {name: (sim, real) for name, sim, real in comparison(simulated, measured)}
+        loaded = load_run(run)
+        figures = {name: (sim, real) for name, sim, real in comparison(simulate_run(loaded, model), loaded.measured)}
         rows.append({"run": run.name, **{name: list(pair) for name, pair in figures.items()}})
     (args.bench / "calibration.json").write_text(json.dumps({"model": model.model_dump(exclude={"compute_samples"}),
                                                              "runs": rows}, indent=1))  # fmt: skip

@@ -32,7 +32,7 @@ def one(n: int, s: int, b: int, mode: str, coalesce: bool, steps: int) -> dict[s
     servers = r["servers"].values()
     return {
         "N": n, "S": s, "B": b, "mode": mode, "coalesce": coalesce, "steps": steps,
-        "step_p50_ms": r["step_time"]["p50"] * 1e3 if r["step_time"] else None,
+        "step_p50_ms": r["step_time"]["p50"] * 1e3 if r["step_time"]["p50"] is not None else None,
         "steps_per_s": r["steps_per_s"],
         "msgs_per_step": r["traffic"]["msgs_per_step"],
         "server_msgs_in_per_s": max(x["msgs_in_per_s"] for x in servers),

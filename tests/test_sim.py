@@ -13,7 +13,7 @@ import pytest
 
 from weaksync.cli.main import main as cli_main
 from weaksync.config import load_config
-from weaksync.sim.calibrate import comparison, compute_samples, simulate_run
+from weaksync.sim.calibrate import comparison, compute_samples, load_run, simulate_run
 from weaksync.sim.engine import Simulation, even_blocks
 from weaksync.sim.timing import TimeModel
 
@@ -91,8 +91,8 @@ def test_calibration_reads_a_runs_compute_times_less_what_was_injected(tmp_path:
     (run / "events" / "worker-1.jsonl").write_text(json.dumps({**steps[0], "w": 1, "injected": 0.0}) + "\n")
     (run / "summary.json").write_text(json.dumps({"steps_per_s": 57.0, "step_time": {"p50": 0.035}, "traffic": {}}))
     assert compute_samples(run)[0] == pytest.approx([0.02] * 30) and compute_samples(run)[1] == pytest.approx([0.03])
-    simulated, measured = simulate_run(run, FREE)
-    figures = {name: (sim, real) for name, sim, real in comparison(simulated, measured)}
+    loaded = load_run(run)
+    figures = {name: (sim, real) for name, sim, real in comparison(simulate_run(loaded, FREE), loaded.measured)}
     assert figures["step time p50 (s)"][1] == 0.035 and figures["step time p50 (s)"][0] == pytest.approx(0.03, rel=0.1)
 
 

@@ -215,7 +215,7 @@ def bench(
 def simulate(
     workers: int = typer.Option(4, min=1, help="N"),
     servers: int = typer.Option(2, min=1, help="S"),
-    blocks: int | None = typer.Option(None, min=1, help="B (default: the mode's, at least S)"),
+    blocks: int | None = typer.Option(None, min=1, help="B (default: a real run's, ~4 MiB blocks, >= 2 per server)"),
     mode: str | None = typer.Option(None, help="sync mode (default: the config's, auto)"),
     steps: int = typer.Option(100, min=1, help="steps per worker"),
     scenario: str | None = typer.Option(None, help="straggler scenario: a shipped name or a YAML path"),
@@ -233,7 +233,8 @@ def simulate(
 
     from pydantic import ValidationError
 
-    from ..sim.calibrate import comparison, fit_message_cost, simulate_run
+    from ..core.layout import resolve_num_blocks
+    from ..sim.calibrate import comparison, fit_message_cost, load_run, simulate_run
     from ..sim.engine import Simulation, even_blocks
     from ..sim.timing import TimeModel
 
@@ -248,14 +249,15 @@ def simulate(
         ) from None
     console = Console()
     if calibrate is not None:
+        run = load_run(calibrate)
         if fit:
-            model = fit_message_cost(calibrate, model)
+            model = fit_message_cost(run, model)
             console.print(
                 f"fitted: message_cpu {model.message_cpu * 1e6:.1f} µs, byte_cpu {model.byte_cpu * 1e9:.3f} ns"
             )
-        summary, measured = simulate_run(calibrate, model, seed=seed, coalesce=coalesce)
+        summary = simulate_run(run, model, seed=seed, coalesce=coalesce)
         console.print(f"simulated {calibrate} ({summary['mode']}, N={summary['num_workers']})")
-        for name, sim, real in comparison(summary, measured):
+        for name, sim, real in comparison(summary, run.measured):
             error = f"{(sim - real) / real:+.1%}" if sim is not None and real else "-"
             console.print(f"  {name:20} simulated {sim if sim is None else f'{sim:.4g}':>10}  real "
                           f"{real if real is None else f'{real:.4g}':>10}  error {error}")  # fmt: skip
@@ -263,14 +265,14 @@ def simulate(
         overrides = {"cluster.workers": workers, "cluster.servers": servers, "cluster.blocks": blocks,
                      "sync.mode": mode, "train.steps": steps, "scenario": scenario}  # fmt: skip
         config = load_config(None, {**overrides, **{k: v for k, v in pairs.items() if not k.startswith("time.")}})
-        num_blocks = config.cluster.blocks or max(config.cluster.servers, 1)
+        num_blocks = resolve_num_blocks(config.cluster.blocks, model_bytes // 4, config.cluster.servers)
         sizes, owners = even_blocks(model_bytes, num_blocks, config.cluster.servers)
         summary = Simulation(config, model, sizes, owners, coalesce=coalesce, seed=seed).run()
-        step = summary["step_time"] or {}
+        step = {q: v or 0.0 for q, v in summary["step_time"].items()}
         console.print(
             f"simulated {summary['mode']} N={summary['num_workers']} S={summary['num_servers']} "
             f"B={summary['num_blocks']}{' coalesced' if coalesce else ''}: {summary['steps_per_s']:.1f} steps/s, "
-            f"step p50/p95 {step.get('p50', 0) * 1e3:.2f}/{step.get('p95', 0) * 1e3:.2f} ms, "
+            f"step p50/p95 {step['p50'] * 1e3:.2f}/{step['p95'] * 1e3:.2f} ms, "
             f"{summary['traffic']['msgs_per_step']:.1f} messages per step; "
             f"{summary['simulation']['events']:,} events in {summary['simulation']['wall_seconds']:.1f} s"
         )

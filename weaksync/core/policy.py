@@ -12,7 +12,8 @@ GRACE_MODES = ("backup", "partial-pull", "partial")  # ssp and async apply every
 DEFAULT_GRACE = 0.5
 GRACE_HISTORY = 9  # rounds (server) or steps (worker) whose lateness decides whether waiting pays
 WARMUP_MODES = ("ssp", "async")  # the modes whose staleness is inherent: they start synchronous
-DEFAULT_SYNC_WARMUP = 0.2  # fraction of a run's steps: ResNet-20 within 2.5 pt of bsp with it, 7-8 pt below without (docs/results.md)
+# fraction of a run's steps: ResNet-20 within 2.5 pt of bsp with it, 7-8 pt below without (docs/results.md)
+DEFAULT_SYNC_WARMUP = 0.2
 
 
 @dataclass(frozen=True)

@@ -405,7 +405,7 @@ class ServerCore:
         have, can = len(state.contributors), self._can_contribute(state)
         if have >= can:
             return self._apply(block, state, now=now)
-        if have < max(1, min(self._k(state), can)):  # quorum(block), without a second set union
+        if have < max(1, min(self._k(state), can)):  # quorum(block), with `can` counted once
             return []
         if state.quorum_time is None:
             state.quorum_time = now

@@ -31,7 +31,8 @@ def _procs(run_dir: Path, role: str) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted((run_dir / "procs").glob(f"{role}-*.json"))]
 
 
-def _percentiles(values: list[float]) -> dict[str, float | None]:
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    """p50, p95 and p99 of `values` (None each when there are none): the shape of every timing in a summary."""
     if not values:
         return {"p50": None, "p95": None, "p99": None}
     arr = np.asarray(values)
@@ -133,9 +134,9 @@ def build_summary(
         per_worker[str(w)] = {
             "steps": len(evs),
             "steps_per_s": len(evs) / span if span > 0 else None,
-            "step_time": _percentiles(intervals),
-            "compute_time": _percentiles(compute),
-            "wait_time": _percentiles([e["wait"] for e in evs[1:]]),
+            "step_time": percentiles(intervals),
+            "compute_time": percentiles(compute),
+            "wait_time": percentiles([e["wait"] for e in evs[1:]]),
         }
     staleness = Counter()
     for u in updates:
@@ -172,7 +173,7 @@ def build_summary(
         "steps": num_steps,
         "train_seconds": wall,
         "steps_per_s": num_steps / wall if wall else None,
-        "step_time": _percentiles(step_intervals),
+        "step_time": percentiles(step_intervals),
         "target_accuracy": target_accuracy,
         "time_to_accuracy": accuracy["time_to_target"],
         "final_accuracy": accuracy["final"],

@@ -35,7 +35,7 @@ from ..transport.security import LAUNCHER, RunKeys
 from ..transport.sockets import connect_dealer
 from .flat import model_layout
 from .resources import freeze_inherited_objects
-from .spec import FINAL_MODEL, RoleError, RoleSpec, checkpoint_file, principal_of, run_meta
+from .spec import FINAL_MODEL, RoleError, RoleSpec, checkpoint_file, principal_of, run_meta, store_prefix
 from .supervisor import Supervisor
 
 PRELOAD = [
@@ -234,7 +234,7 @@ class LocalCluster:
         self.store = TCPStore(
             "127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=config.timeouts.connect)
         )
-        self.prefixed = PrefixStore(f"weaksync/{self.run_id}/", self.store)
+        self.prefixed = PrefixStore(store_prefix(self.run_id), self.store)
         self.ctx = mp.get_context("forkserver")
         self.ctx.set_forkserver_preload(PRELOAD)
         self.processes = Supervisor(config.timeouts.shutdown)
@@ -246,20 +246,20 @@ class LocalCluster:
         self.restarts: Counter[str] = Counter()
         self.log = EventLog(run_dir / "events" / "launcher.jsonl", flush_interval=0.0)
 
-    def restart_policy(self, role: str) -> str:
-        """What a failure of this role does: the config's rule for workers and servers; an evaluator stops."""
+    def failure_rule(self, role: str) -> tuple[str, str]:
+        """What a failure of this role does (restart, stop, continue), and the config setting that says so for
+        the failure message; an evaluator's failure stops the run."""
         if role == "worker":
-            return f"on_worker_failure={self.config.on_worker_failure}"
+            return self.config.on_worker_failure, f"on_worker_failure={self.config.on_worker_failure}"
         if role == "server":
-            return f"on_server_failure={self.config.on_server_failure}"
-        return "an evaluator is never restarted"
+            return self.config.on_server_failure, f"on_server_failure={self.config.on_server_failure}"
+        return "stop", "an evaluator is never restarted"
 
     def may_restart(self, name: str, code: int) -> bool:
         """Restart a role that died, unless its rule says stop, it stopped on a reason it stated (exit 3: a
         restart would meet it again) or the run has used its max_restarts."""
-        role = name.split("-")[0]
-        wanted = self.restart_policy(role) in ("on_worker_failure=restart", "on_server_failure=restart")
-        return wanted and code != 3 and sum(self.restarts.values()) < self.config.max_restarts
+        rule, _ = self.failure_rule(name.split("-")[0])
+        return rule == "restart" and code != 3 and sum(self.restarts.values()) < self.config.max_restarts
 
     def restart(self, name: str, code: int) -> None:
         """Start a new process for a role that died. A worker's servers hear first that the old process is
@@ -394,9 +394,10 @@ def _watch(cluster: LocalCluster, on_progress: ProgressCallback | None, poll_int
             why = cluster.error_of(name)
             used = sum(cluster.restarts.values())
             spent = f", {used} restarts used of max_restarts={config.max_restarts}" if used else ""
+            _, setting = cluster.failure_rule(name.split("-")[0])
             return (
                 f"{name} stopped unexpectedly ({describe_exit(code)}{': ' + why if why else ''}); "
-                f"stopping the run ({cluster.restart_policy(name.split('-')[0])}{spent})"
+                f"stopping the run ({setting}{spent})"
             )
         if len(exited) == len(cluster.processes):
             return None

@@ -51,12 +51,6 @@ class RoleSpec:
     store_round: int = 0  # torchrun's restart round: every process of the launch is new, and meets afresh
 
     @property
-    def store_prefix(self) -> str:
-        """Keys of this run (and round) in the store. A torchrun restart replaces every process of its launch,
-        so the keys of the round before (endpoints, a worker's 'done') belong to processes that are gone."""
-        return f"weaksync/{self.run_id}/" + (f"round-{self.store_round}/" if self.store_round else "")
-
-    @property
     def name(self) -> str:
         return self.role if self.role == "evaluator" else f"{self.role}-{self.rank}"
 
@@ -86,6 +80,12 @@ def keys_from_config(config: Config, role: str, rank: int) -> RoleKeys | None:
         raise ConfigError(str(exc)) from None
 
 
+def store_prefix(run_id: str, store_round: int = 0) -> str:
+    """Keys of a run (and round) in the store. A torchrun restart replaces every process of its launch, so the
+    keys of the round before (endpoints, a worker's 'done') belong to processes that are gone."""
+    return f"weaksync/{run_id}/" + (f"round-{store_round}/" if store_round else "")
+
+
 def elastic_restarts() -> int:
     """How many times torchrun restarted this launch (--max-restarts): its servers restore their checkpoints."""
     value = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
@@ -96,7 +96,7 @@ def connect_store(spec: RoleSpec) -> Store:
     """A client of the run's TCPStore, keys prefixed by the run id, with an explicit timeout."""
     timeout = timedelta(seconds=spec.config.timeouts.connect)
     store = TCPStore(spec.store_host, spec.store_port, is_master=False, timeout=timeout)
-    return PrefixStore(spec.store_prefix, store)
+    return PrefixStore(store_prefix(spec.run_id, spec.store_round), store)
 
 
 def store_set_json(store: Store, key: str, value: Any) -> None:

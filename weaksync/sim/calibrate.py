@@ -10,6 +10,7 @@ run does not measure apart from waiting. Those come from the time model (default
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,25 @@ from .timing import TimeModel
 FLOAT_BYTES = 4
 
 
-def _read_run(run_dir: Path) -> tuple[Config, dict[str, Any], dict[str, Any]]:
+@dataclass(frozen=True)
+class RunToPredict:
+    """What the simulator takes from a real run, read once (a fit simulates it many times)."""
+
+    config: Config
+    block_bytes: list[int]
+    block_server: list[int]
+    compute: dict[int, list[float]]
+    measured: dict[str, Any]  # the run's own summary.json
+
+
+def load_run(run_dir: Path) -> RunToPredict:
     for name in ("config.yaml", "meta.json", "summary.json"):
         if not (run_dir / name).is_file():
             raise ConfigError(f"--calibrate: '{run_dir}' has no {name}: pass the directory of a finished run")
-    config = load_config(run_dir / "config.yaml")
-    return config, json.loads((run_dir / "meta.json").read_text()), json.loads((run_dir / "summary.json").read_text())
+    meta = json.loads((run_dir / "meta.json").read_text())
+    sizes, servers = even_blocks(meta["theta_size"] * FLOAT_BYTES, meta["num_blocks"], meta["num_servers"])
+    measured = json.loads((run_dir / "summary.json").read_text())
+    return RunToPredict(load_config(run_dir / "config.yaml"), sizes, servers, compute_samples(run_dir), measured)
 
 
 def compute_samples(run_dir: Path) -> dict[int, list[float]]:
@@ -41,12 +55,16 @@ def compute_samples(run_dir: Path) -> dict[int, list[float]]:
     return out
 
 
-def simulate_run(run_dir: Path, model: TimeModel, seed: int = 0, coalesce: bool = False) -> tuple[dict, dict]:
-    """(the simulation's summary, the run's own summary) for the run in `run_dir`."""
-    config, meta, measured = _read_run(run_dir)
-    model = model.model_copy(update={"compute_samples": compute_samples(run_dir)})
-    sizes, servers = even_blocks(meta["theta_size"] * FLOAT_BYTES, meta["num_blocks"], meta["num_servers"])
-    return Simulation(config, model, sizes, servers, coalesce=coalesce, seed=seed).run(), measured
+def simulate_run(run: RunToPredict, model: TimeModel, seed: int = 0, coalesce: bool = False) -> dict[str, Any]:
+    """The simulation's summary of `run`, its workers drawing their compute from the run's own."""
+    model = model.model_copy(update={"compute_samples": run.compute})
+    return Simulation(run.config, model, run.block_bytes, run.block_server, coalesce=coalesce, seed=seed).run()
+
+
+def measured_wait(measured: dict[str, Any]) -> float | None:
+    """The run's p50 wait for fresh blocks: the median over its workers' p50s."""
+    waits = sorted(w["wait_time"]["p50"] for w in (measured.get("workers") or {}).values() if w.get("wait_time"))
+    return waits[len(waits) // 2] if waits else None
 
 
 def comparison(simulated: dict[str, Any], measured: dict[str, Any]) -> list[tuple[str, float | None, float | None]]:
@@ -55,16 +73,11 @@ def comparison(simulated: dict[str, Any], measured: dict[str, Any]) -> list[tupl
     def p(summary: dict[str, Any], key: str, q: str) -> float | None:
         return (summary.get(key) or {}).get(q)
 
-    measured_wait = [w["wait_time"]["p50"] for w in (measured.get("workers") or {}).values() if w.get("wait_time")]
     return [
         ("steps/s", simulated["steps_per_s"], measured.get("steps_per_s")),
         ("step time p50 (s)", p(simulated, "step_time", "p50"), p(measured, "step_time", "p50")),
         ("step time p95 (s)", p(simulated, "step_time", "p95"), p(measured, "step_time", "p95")),
-        (
-            "wait p50 (s)",
-            p(simulated, "wait_time", "p50"),
-            sorted(measured_wait)[len(measured_wait) // 2] if measured_wait else None,
-        ),
+        ("wait p50 (s)", p(simulated, "wait_time", "p50"), measured_wait(measured)),
         (
             "messages per step",
             simulated["traffic"]["msgs_per_step"],
@@ -73,19 +86,18 @@ def comparison(simulated: dict[str, Any], measured: dict[str, Any]) -> list[tupl
     ]
 
 
-def fit_message_cost(run_dir: Path, model: TimeModel, rounds: int = 12) -> TimeModel:
+def fit_message_cost(run: RunToPredict, model: TimeModel, rounds: int = 12) -> TimeModel:
     """The per-message CPU cost (byte cost in proportion) at which the simulated p50 wait of this run equals the
     measured one: bisection on a log scale between 1 µs and 10 ms."""
-    _, _, measured = _read_run(run_dir)
-    target = dict((name, m) for name, _, m in comparison(simulate_run(run_dir, model)[0], measured))["wait p50 (s)"]
+    target = measured_wait(run.measured)
     if not target:
-        raise ConfigError(f"--fit: '{run_dir}' has no measured wait to fit")
+        raise ConfigError("--fit: the run has no measured wait to fit")
     low, high = 1e-6, 1e-2
     ratio = model.byte_cpu / model.message_cpu if model.message_cpu > 0 else 0.0
     for _ in range(rounds):
         mid = (low * high) ** 0.5
         trial = model.model_copy(update={"message_cpu": mid, "byte_cpu": ratio * mid})
-        wait = comparison(simulate_run(run_dir, trial)[0], measured)[3][1] or 0.0
+        wait = simulate_run(run, trial)["wait_time"]["p50"] or 0.0
         low, high = (mid, high) if wait < target else (low, mid)
     best = (low * high) ** 0.5
     return model.model_copy(update={"message_cpu": best, "byte_cpu": ratio * best})

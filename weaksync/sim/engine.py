@@ -26,6 +26,7 @@ from ..config import Config
 from ..core import actions as act
 from ..core.server import ServerCore
 from ..core.worker import WorkerCore
+from ..report.summary import percentiles
 from ..stragglers.delays import Delayer, StragglerRule, delayer_for
 from .timing import ComputeClock, TimeModel
 
@@ -193,17 +194,11 @@ class Simulation:
 
     def on_pushes(self, s: int, w: int, pushes: list[act.PushRequest]) -> None:
         core = self.servers[s]
-        actions: list[Any] = []
-        for p in pushes:
-            actions += core.on_push(w, p.block, p.base, p.step, self.now)
-        self.perform(s, actions)
+        self.perform(s, [a for p in pushes for a in core.on_push(w, p.block, p.base, p.step, self.now)])
 
     def on_pulls(self, s: int, w: int, pulls: list[act.PullRequest]) -> None:
         core = self.servers[s]
-        actions: list[Any] = []
-        for p in pulls:
-            actions += core.on_pull(w, p.block, p.want_gt, p.clock, self.now)
-        self.perform(s, actions)
+        self.perform(s, [a for p in pulls for a in core.on_pull(w, p.block, p.want_gt, p.clock, self.now)])
 
     def server_timer(self, s: int) -> None:
         if self.server_timer_at[s] is None or self.server_timer_at[s] > self.now:
@@ -293,7 +288,6 @@ class Simulation:
         intervals = [d for st in self.stats for d in np.diff(st.begins)]
         waits = [x for st in self.stats for x in st.waits[1:]]
         msgs = sum(self.messages.values())
-        pct = lambda xs: {f"p{q}": float(np.percentile(xs, q)) for q in (50, 95, 99)} if xs else None  # noqa: E731
         per_second = max(span, 1e-12)
         return {
             "simulated": True,
@@ -307,9 +301,9 @@ class Simulation:
             "steps": steps,
             "train_seconds": span,
             "steps_per_s": steps / per_second,
-            "step_time": pct(intervals),
-            "wait_time": pct(waits),
-            "compute_time": pct([x for st in self.stats for x in st.computes]),
+            "step_time": percentiles(intervals),
+            "wait_time": percentiles(waits),
+            "compute_time": percentiles([x for st in self.stats for x in st.computes]),
             "updates": self.updates,
             "contributions": {
                 "accepted": self.accepted,
