@@ -1,15 +1,19 @@
 """Straggler-free cost of cutting θ into blocks: step time, messages and bytes per step as B grows.
 
     python benchmarks/blocks.py --blocks 2 4 16 64 256 --out runs/bench-blocks
+    python benchmarks/blocks.py --blocks 2 256 --modes auto bsp --wire coalesced --repeats 3
 
-The "packet storm" question: every block is its own push, pull and reply, so B multiplies the messages
-per step. Runs bsp (waits for every block) and partial-pull (b = B/2) on the default digits job with no
-stragglers, interleaved, and prints one Markdown row per (B, mode).
+The "packet storm" question: a message per block multiplies the messages per step by B; coalesced (the
+default, `cluster.coalesce`), a worker sends one push and one pull per server and step whatever B is. Runs
+the default mode (auto), bsp (waits for every block) and partial-pull (b = B/2) on the default digits job
+with no stragglers, with and without coalescing, interleaved, and prints one Markdown row per run, with the
+step time against the same mode and wire at the first B of the same repeat.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 
 from weaksync.cli.main import stop_on_interrupt
 from weaksync.config import load_config
@@ -20,21 +24,26 @@ def main() -> None:
     stop_on_interrupt()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, nargs="*", default=[2, 4, 16, 64, 256])
-    parser.add_argument("--modes", nargs="*", default=["bsp", "partial-pull"])
+    parser.add_argument("--modes", nargs="*", default=["auto", "bsp", "partial-pull"])
+    parser.add_argument("--wire", nargs="*", choices=["coalesced", "per-block"], default=["coalesced", "per-block"])
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved repeats; ratios within a repeat")
     parser.add_argument("--out", default="runs/bench-blocks")
     args = parser.parse_args()
-    print("| B | mode | step time p50 (ms) | worker steps/s | messages / step | bytes / step | final accuracy |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for blocks in args.blocks:
-        for mode in args.modes:
-            cfg = load_config(None, {"cluster.blocks": blocks, "sync.mode": mode, "train.steps": args.steps,
-                                     "run.out_dir": args.out, "run.name": f"B{blocks}-{mode}"})  # fmt: skip
-            s = run_local(cfg).summary
-            t = s["traffic"]
-            print(f"| {blocks} | {mode} | {s['step_time']['p50'] * 1000:.1f} | {s['steps_per_s']:.0f} "
-                  f"| {t['msgs_per_step']:.1f} | {t['bytes_per_step']:,.0f} | {s['final_accuracy']:.3f} |",
-                  flush=True)  # fmt: skip
+    print("| repeat | B | mode | wire | step time p50 (ms) | × smallest B | worker steps/s | messages / step "
+          "| bytes / step | final accuracy |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    first: dict[tuple[int, str, str], float] = {}
+    for repeat, blocks, mode, wire in itertools.product(range(args.repeats), args.blocks, args.modes, args.wire):
+        cfg = load_config(None, {"cluster.blocks": blocks, "sync.mode": mode, "train.steps": args.steps,
+                                 "cluster.coalesce": wire == "coalesced", "run.out_dir": args.out,
+                                 "run.name": f"B{blocks}-{mode}-{wire}-r{repeat}"})  # fmt: skip
+        s = run_local(cfg).summary
+        t, p50 = s["traffic"], s["step_time"]["p50"]
+        base = first.setdefault((repeat, mode, wire), p50)
+        print(f"| {repeat} | {blocks} | {mode} | {wire} | {p50 * 1000:.1f} | {p50 / base:.2f} | {s['steps_per_s']:.0f} "
+              f"| {t['msgs_per_step']:.1f} | {t['bytes_per_step']:,.0f} | {s['final_accuracy']:.3f} |",
+              flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

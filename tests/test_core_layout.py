@@ -191,3 +191,44 @@ def test_default_number_of_blocks_always_builds() -> None:
     for total in range(1, 300):
         for servers in range(1, min(total, 8) + 1):
             build_layout(specs(total), resolve_num_blocks(None, total, servers), servers)
+
+
+def test_messages_by_server_cuts_one_message_per_server_or_per_block() -> None:
+    from weaksync.core.actions import PushRequest
+    from weaksync.core.layout import messages_by_server
+
+    owner = [0, 1, 0, 1, 2]
+    pushes = [PushRequest(j, 0, 3) for j in (4, 0, 1, 2, 3)]
+    coalesced = messages_by_server(pushes, owner, coalesce=True)
+    assert [(s, [p.block for p in items]) for s, items in coalesced] == [(0, [0, 2]), (1, [1, 3]), (2, [4])]
+    single = messages_by_server(pushes, owner, coalesce=False)
+    assert [(s, [p.block for p in items]) for s, items in single] == [(2, [4]), (0, [0]), (1, [1]), (0, [2]), (1, [3])]
+    assert messages_by_server([], owner, coalesce=True) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 3), min_size=1, max_size=20),
+    st.lists(st.integers(1, 10), min_size=20, max_size=20),
+    st.integers(1, 30),
+    st.booleans(),
+)
+def test_messages_carry_every_item_once_in_order_within_the_byte_cap(
+    owner: list[int], sizes: list[int], cap: int, coalesce: bool
+) -> None:
+    """Whatever the blocks' sizes: each item travels once, to its own server, in its order; a message passes
+    the cap only when it carries a single block."""
+    from weaksync.core.actions import PullRequest
+    from weaksync.core.layout import messages_by_server
+
+    items = [PullRequest(j, -1, 0) for j in range(len(owner))]
+    messages = messages_by_server(items, owner, coalesce, sizes, max_bytes=cap)
+    assert sorted(i.block for _, part in messages for i in part) == list(range(len(owner)))
+    for server, part in messages:
+        assert part and all(owner[i.block] == server for i in part)
+        assert [i.block for i in part] == sorted(i.block for i in part)
+        assert len(part) == 1 or sum(sizes[i.block] for i in part) <= cap
+        assert coalesce or len(part) == 1
+    if coalesce:  # as few messages as the cap allows: no two neighbours that would have fit together
+        for (s1, a), (s2, b) in zip(messages, messages[1:]):
+            assert s1 != s2 or sum(sizes[i.block] for i in a) + sizes[b[0].block] > cap

@@ -115,6 +115,15 @@ def test_the_decoder_returns_a_typed_message_or_raises_bad_message(frames: list[
     except BadMessage:
         return
     assert type(msg) is KINDS[msg.KIND].cls
+    rows = set()
     for f in KINDS[msg.KIND].fields:
         value = getattr(msg, f.name)
+        if f.column:  # a column: one typed entry per block carried, as many as every other column
+            assert isinstance(value, tuple) and value and all(type(v) in f.types for v in value)
+            rows.add(len(value))
+            continue
         assert (value is None and not f.required) or (isinstance(value, f.types) and not isinstance(value, bool))
+    assert len(rows) <= 1
+    payload = KINDS[msg.KIND].payload
+    if payload is not None:
+        assert len(getattr(msg, payload)) == rows.pop() == len(frames) - 1

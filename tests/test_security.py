@@ -42,14 +42,14 @@ def _attack(run_dir: Path, keys: RunKeys, replies: list[str]) -> None:
     grad = torch.zeros(16)
     attempts = [
         # (routing id, keys, message): without CURVE, with an unknown key, and as an insider
-        *[(name, None, m) for name, m in ((b"launcher", Stop()), (b"evaluator", Peek(0)), (b"w0", Pull(0, 0, -1, 0)))],
-        *[(name, stranger, m) for name, m in ((b"launcher", Stop()), (b"evaluator", Peek(0)))],
+        *[(name, None, m) for name, m in ((b"launcher", Stop()), (b"evaluator", Peek((0,))), (b"w0", Pull(0, 0, (0,), (-1,))))],
+        *[(name, stranger, m) for name, m in ((b"launcher", Stop()), (b"evaluator", Peek((0,))))],
         (b"launcher", real, Stop()),  # worker 1 posing as the launcher
-        (b"evaluator", real, Peek(0)),  # ... as the evaluator: θ through the back door
-        (b"x1", real, Push(0, 0, 0, 0, grad=grad)),  # ... pushing as worker 0
+        (b"evaluator", real, Peek((0,))),  # ... as the evaluator: θ through the back door
+        (b"x1", real, Push(0, 0, (0,), (0,), (grad,))),  # ... pushing as worker 0
         (b"w0", real, Hello(0, "0" * 16, pid=1)),  # ... registering as worker 0, under worker 0's name
-        (b"x2", real, Pull(0, 0, -1, 0)),  # ... asking for worker 0's replies
-        (b"w0", real, Pull(1, 0, -1, 0)),  # a second connection under a name in use: refused by ZeroMQ
+        (b"x2", real, Pull(0, 0, (0,), (-1,))),  # ... asking for worker 0's replies
+        (b"w0", real, Pull(1, 0, (0,), (-1,))),  # a second connection under a name in use: refused by ZeroMQ
     ]
     socks = []
     for identity, keys_, msg in attempts:

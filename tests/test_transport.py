@@ -1,4 +1,5 @@
-"""Wire format: round trips over real ZeroMQ sockets, and every malformed message is a BadMessage."""
+"""Wire format: round trips over real ZeroMQ sockets, coalesced messages, and every malformed message is a
+BadMessage."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from weaksync.transport.messages import (
     KINDS,
     BadMessage,
-    Block,
+    Blocks,
     Bye,
     Done,
     Heartbeat,
@@ -42,26 +43,30 @@ def pair():
     ctx.term()
 
 
-def test_push_round_trip_over_zmq(pair) -> None:
+def test_coalesced_push_round_trip_over_zmq(pair) -> None:
+    """One message carries several blocks: a header with their columns and one payload frame per block."""
     router, dealer = pair
-    grad = torch.randn(1000)
-    dealer.send_multipart(encode(Push(worker=0, block=3, base=7, step=9, grad=grad, sent_at=1.5)), copy=False)
+    grads = (torch.randn(1000), torch.randn(3), torch.randn(70_000))
+    push = Push(worker=0, step=9, blocks=(3, 5, 1), bases=(7, 6, 7), grads=grads, sent_at=1.5)
+    dealer.send_multipart(encode(push), copy=False)
     frames = router.recv_multipart(copy=False)
-    assert frames[0].bytes == b"w0"
+    assert frames[0].bytes == b"w0" and len(frames) == 1 + 1 + 3
     msg = decode(frames[1:])
     assert isinstance(msg, Push)
-    assert (msg.worker, msg.block, msg.base, msg.step, msg.sent_at) == (0, 3, 7, 9, 1.5)
-    torch.testing.assert_close(msg.grad, grad)
+    assert (msg.worker, msg.step, msg.blocks, msg.bases, msg.sent_at) == (0, 9, (3, 5, 1), (7, 6, 7), 1.5)
+    for mine, theirs in zip(grads, msg.grads):
+        torch.testing.assert_close(theirs, mine)
 
 
 def test_reply_routes_back_by_identity(pair) -> None:
     router, dealer = pair
-    dealer.send_multipart(encode(Pull(worker=0, block=1, want=-1, clock=0)))
+    dealer.send_multipart(encode(Pull(worker=0, clock=0, blocks=(1, 2), wants=(-1, -1))))
     identity = router.recv_multipart()[0]
-    block = torch.arange(10, dtype=torch.float32)
-    router.send_multipart([identity, *encode(Block(block=1, version=4, values=block))], copy=False)
+    one, two = torch.arange(10, dtype=torch.float32), torch.ones(4)
+    router.send_multipart([identity, *encode(Blocks(blocks=(1, 2), versions=(4, 0), values=(one, two)))], copy=False)
     msg = decode(dealer.recv_multipart(copy=False))
-    assert isinstance(msg, Block) and msg.version == 4 and torch.equal(msg.values, block)
+    assert isinstance(msg, Blocks) and msg.versions == (4, 0)
+    assert torch.equal(msg.values[0], one) and torch.equal(msg.values[1], two)
 
 
 EVERY_KIND = [
@@ -69,13 +74,13 @@ EVERY_KIND = [
     Welcome(server=1, digest="ab" * 8),
     Welcome(server=1, digest="ab" * 8, clock=17),
     Refuse(reason="layout mismatch"),
-    Push(worker=1, block=2, base=3, step=4, grad=torch.randn(7)),
-    Push(worker=1, block=2, base=3, step=4, grad=torch.randn(7), sent_at=12.5),
-    Pull(worker=1, block=2, want=-1, clock=5),
-    Block(block=2, version=9, values=torch.randn(3)),
+    Push(worker=1, step=4, blocks=(2,), bases=(3,), grads=(torch.randn(7),)),
+    Push(worker=1, step=4, blocks=(2, 0), bases=(3, 3), grads=(torch.randn(7), torch.randn(2)), sent_at=12.5),
+    Pull(worker=1, clock=5, blocks=(2, 4), wants=(-1, 8)),
+    Blocks(blocks=(2,), versions=(9,), values=(torch.randn(3),)),
     Bye(worker=3),
     Heartbeat(worker=3),
-    Peek(block=0),
+    Peek(blocks=(0, 2)),
     Leave(worker=3),
     Leave(worker=3, pid=77),
     Stop(),
@@ -90,15 +95,16 @@ def test_every_kind_round_trips_with_its_types() -> None:
         assert type(back) is type(msg)
         for name in KINDS[msg.KIND].cls.__dataclass_fields__:
             mine, theirs = getattr(msg, name), getattr(back, name)
-            if isinstance(mine, torch.Tensor):
-                assert torch.equal(mine, theirs)
+            if isinstance(mine, tuple) and mine and isinstance(mine[0], torch.Tensor):
+                assert len(mine) == len(theirs) and all(map(torch.equal, mine, theirs))
             else:
                 assert mine == theirs and type(mine) is type(theirs)
 
 
-def test_the_header_keeps_the_short_wire_names() -> None:
-    header = msgpack.unpackb(encode(Push(worker=1, block=2, base=3, step=4, grad=torch.zeros(1), sent_at=0.5))[0])
-    assert header == {"k": "push", "w": 1, "j": 2, "base": 3, "step": 4, "ts": 0.5}
+def test_the_header_uses_short_names_and_lists_the_blocks() -> None:
+    push = Push(worker=1, step=4, blocks=(2, 5), bases=(3, 1), grads=(torch.zeros(1), torch.zeros(1)), sent_at=0.5)
+    header = msgpack.unpackb(encode(push)[0])
+    assert header == {"k": "push", "w": 1, "step": 4, "j": [2, 5], "u": [3, 1], "ts": 0.5}
     assert msgpack.unpackb(encode(Leave(worker=3))[0]) == {"k": "leave", "w": 3}  # absent optionals stay off
 
 
@@ -115,16 +121,21 @@ def test_unroutable_reply_raises_instead_of_vanishing(pair) -> None:
         ([b"\xc1\xc1"], "not msgpack"),
         ([msgpack.packb([1, 2])], "must be a map"),
         ([msgpack.packb({"k": "dance"})], "unknown message kind"),
-        ([msgpack.packb({"k": "pull", "w": 0, "j": 1, "want": 0})], "needs field 'clock'"),
-        ([msgpack.packb({"k": "pull", "w": "0", "j": 1, "want": 0, "clock": 0})], "needs field 'w'"),
-        ([msgpack.packb({"k": "pull", "w": True, "j": 1, "want": 0, "clock": 0})], "needs field 'w'"),
-        ([msgpack.packb({"k": "push", "w": 0, "j": 1, "base": 0, "step": 0})], "has 1 frames, expected 2"),
-        ([msgpack.packb({"k": "push", "w": 0, "j": 1, "base": 0, "step": 0}), b"abc"], "not a whole number"),
+        ([msgpack.packb({"k": "pull", "w": 0, "j": [1], "wants": [0]})], "needs field 'clock'"),
+        ([msgpack.packb({"k": "pull", "w": "0", "j": [1], "wants": [0], "clock": 0})], "needs field 'w'"),
+        ([msgpack.packb({"k": "pull", "w": True, "j": [1], "wants": [0], "clock": 0})], "needs field 'w'"),
+        ([msgpack.packb({"k": "pull", "w": 0, "j": 1, "wants": [0], "clock": 0})], "'j' as a list of int"),
+        ([msgpack.packb({"k": "pull", "w": 0, "j": [1, "2"], "wants": [0, 0], "clock": 0})], "a list of int"),
+        ([msgpack.packb({"k": "pull", "w": 0, "j": [1, 2], "wants": [0], "clock": 0})], "unequal length"),
+        ([msgpack.packb({"k": "pull", "w": 0, "j": [], "wants": [], "clock": 0})], "carries no blocks"),
+        ([msgpack.packb({"k": "push", "w": 0, "j": [1], "u": [0], "step": 0})], "has 1 frames, expected 2"),
+        ([msgpack.packb({"k": "push", "w": 0, "j": [1, 2], "u": [0, 0], "step": 0}), b""], "2 frames, expected 3"),
+        ([msgpack.packb({"k": "push", "w": 0, "j": [1], "u": [0], "step": 0}), b"abc"], "not a whole number"),
         ([msgpack.packb({"k": "bye", "w": 0}), b"extra"], "has 2 frames, expected 1"),
         ([msgpack.packb({"k": "welcome", "s": 0, "digest": "x", "clock": 1.5})], "needs field 'clock'"),
         ([msgpack.packb({"k": "leave", "w": 0, "pid": "1"})], "needs field 'pid'"),
-        ([msgpack.packb({"k": "push", "w": 0, "j": 1, "base": 0, "step": 0, "ts": "now"}), b""], "field 'ts'"),
-        ([b"\x80" * 5000], "exceeds"),
+        ([msgpack.packb({"k": "push", "w": 0, "j": [1], "u": [0], "step": 0, "ts": "now"}), b""], "field 'ts'"),
+        ([b"\x80" * 70_000], "exceeds"),
     ],
 )
 def test_malformed_messages_are_rejected_with_a_reason(frames: list[bytes], reason: str) -> None:
@@ -153,9 +164,9 @@ def test_payload_checks() -> None:
 
 def test_encode_refuses_payloads_it_cannot_send_without_copy() -> None:
     with pytest.raises(ValueError):
-        encode(Push(0, 0, 0, 0, grad=torch.zeros(4, dtype=torch.float64)))
+        encode(Push(0, 0, (0,), (0,), grads=(torch.zeros(4, dtype=torch.float64),)))
     with pytest.raises(ValueError):
-        encode(Push(0, 0, 0, 0, grad=torch.zeros(4, 4).t()))
+        encode(Push(0, 0, (0, 1), (0, 0), grads=(torch.zeros(4), torch.zeros(4, 4).t())))
 
 
 def test_a_full_inbox_holds_messages_back_without_dropping_any() -> None:
@@ -170,12 +181,12 @@ def test_a_full_inbox_holds_messages_back_without_dropping_any() -> None:
     try:
         assert router.getsockopt(zmq.RCVHWM) == 1
         for i in range(40):
-            dealer.send_multipart(encode(Push(0, i, 0, 0, grad=torch.full((1 << 18,), float(i)))))
+            dealer.send_multipart(encode(Push(0, 0, (i,), (0,), grads=(torch.full((1 << 18,), float(i)),))))
         for i in range(40):
             assert router.poll(10_000), f"message {i} never arrived"
             identity, *frames = router.recv_multipart(copy=False)
             msg = decode(frames)
-            assert msg.block == i and float(msg.grad[0]) == i
+            assert msg.blocks == (i,) and float(msg.grads[0][0]) == i
     finally:
         router.close(0)
         dealer.close(0)

@@ -56,6 +56,10 @@ class ClusterSection(_Section):
     servers: int = Field(2, ge=1, le=256)
     blocks: int | None = Field(None, ge=1, description="parameter blocks B (default: >= 2 per server, ~4 MiB each)")
     host: str = Field("127.0.0.1", description="address servers bind to and advertise (embedded: loopback)")
+    coalesce: bool = Field(
+        True,
+        description="one push, pull and reply message per server carrying all its blocks (false: one per block)",
+    )
 
 
 class SyncSection(_Section):

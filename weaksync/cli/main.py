@@ -220,7 +220,9 @@ def simulate(
     steps: int = typer.Option(100, min=1, help="steps per worker"),
     scenario: str | None = typer.Option(None, help="straggler scenario: a shipped name or a YAML path"),
     model_bytes: int = typer.Option(605_224, min=1, help="bytes of θ (default: the digits CNN's)"),
-    coalesce: bool = typer.Option(False, help="one push, pull and reply message per server instead of per block"),
+    coalesce: bool | None = typer.Option(
+        None, help="one push, pull and reply message per server, or one per block (default: the config's, coalesced)"
+    ),
     calibrate: Path | None = typer.Option(None, help="predict this real run: its config, size and compute times"),
     fit: bool = typer.Option(False, help="with --calibrate: fit the per-message cost to this run's p50 wait"),
     seed: int = typer.Option(0),
@@ -271,7 +273,8 @@ def simulate(
         step = {q: v or 0.0 for q, v in summary["step_time"].items()}
         console.print(
             f"simulated {summary['mode']} N={summary['num_workers']} S={summary['num_servers']} "
-            f"B={summary['num_blocks']}{' coalesced' if coalesce else ''}: {summary['steps_per_s']:.1f} steps/s, "
+            f"B={summary['num_blocks']}{' coalesced' if summary['coalesce'] else ''}: "
+            f"{summary['steps_per_s']:.1f} steps/s, "
             f"step p50/p95 {step['p50'] * 1e3:.2f}/{step['p95'] * 1e3:.2f} ms, "
             f"{summary['traffic']['msgs_per_step']:.1f} messages per step; "
             f"{summary['simulation']['events']:,} events in {summary['simulation']['wall_seconds']:.1f} s"

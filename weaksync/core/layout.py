@@ -11,10 +11,51 @@ import hashlib
 import heapq
 import json
 import math
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+class _PerBlock(Protocol):
+    @property
+    def block(self) -> int: ...
+
+
+Item = TypeVar("Item", bound=_PerBlock)
+
+
+MESSAGE_BYTES = 4 << 20  # a coalesced message stops growing here (BytePS' partition size, the default block)
+
+
+def messages_by_server(
+    items: Iterable[Item],
+    owner: Sequence[int],
+    coalesce: bool,
+    nbytes: Sequence[int] | None = None,
+    max_bytes: int = MESSAGE_BYTES,
+) -> list[tuple[int, list[Item]]]:
+    """How per-block requests travel: per server, messages carrying its items in their order (`coalesce`), or
+    one message per item. `owner[j]` is the server of block j. With `nbytes[j]` (the payload of block j), a
+    message takes items until it would pass `max_bytes`: small blocks share one message, large ones keep a
+    message each, so a server's inbox never holds a whole share at once. The runtime and the simulator both
+    cut messages here, so the simulator counts what the wire carries."""
+    if not coalesce:
+        return [(owner[item.block], [item]) for item in items]
+    groups: dict[int, list[list[Item]]] = defaultdict(lambda: [[]])
+    filled: dict[int, int] = defaultdict(int)
+    for item in items:
+        server = owner[item.block]
+        size = 0 if nbytes is None else nbytes[item.block]
+        parts = groups[server]
+        if parts[-1] and filled[server] + size > max_bytes:
+            parts.append([])
+            filled[server] = 0
+        parts[-1].append(item)
+        filled[server] += size
+    return [(server, part) for server in sorted(groups) for part in groups[server]]
 
 
 @dataclass(frozen=True)
@@ -70,6 +111,11 @@ class BlockLayout:
     @property
     def num_blocks(self) -> int:
         return len(self.blocks)
+
+    @property
+    def owners(self) -> tuple[int, ...]:
+        """The server of each block, by block index."""
+        return tuple(b.server for b in self.blocks)
 
     def blocks_of(self, server: int) -> tuple[Block, ...]:
         return tuple(b for b in self.blocks if b.server == server)

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from ..records.eventlog import EventLog
 from ..training.evaluate import eval_mode, evaluate_loss_and_accuracy
 from ..training.workload import seed_model_init
-from ..transport.messages import BadMessage, Block, Peek, Stop, decode, encode
+from ..transport.messages import BadMessage, Blocks, Peek, Stop, decode, encode
 from ..transport.sockets import connect_dealer
 from .flat import FlatModel, model_layout
 from .spec import FINAL_MODEL, RoleError, RoleSpec, connect_store, install_stop_handlers, store_set_json, watch_parent
@@ -100,19 +100,22 @@ class Evaluator:
                 return None
             if now - asked >= PEEK_AGAIN:  # a peek that reached a server killed since is lost: ask again
                 asked = now
-                for block in self.layout.blocks:
-                    if block.index not in versions:
-                        self.socks[block.server].send_multipart(encode(Peek(block.index)))
+                for server, sock in enumerate(self.socks):
+                    missing = tuple(b.index for b in self.layout.blocks_of(server) if b.index not in versions)
+                    if missing:
+                        sock.send_multipart(encode(Peek(missing)))
             for sock, _ in poller.poll(int(min(left, PEEK_AGAIN) * 1000)):
                 try:
                     msg = decode(sock.recv_multipart(copy=False))
                 except BadMessage:
                     continue
-                if isinstance(msg, Block) and 0 <= msg.block < self.layout.num_blocks:
-                    block = self.layout.blocks[msg.block]
-                    if msg.values.numel() == block.size:
-                        theta[block.start : block.stop] = msg.values
-                        versions[block.index] = msg.version
+                if not isinstance(msg, Blocks):
+                    continue
+                for j, version, values in zip(msg.blocks, msg.versions, msg.values):
+                    if 0 <= j < self.layout.num_blocks and values.numel() == self.layout.blocks[j].size:
+                        block = self.layout.blocks[j]
+                        theta[block.start : block.stop] = values
+                        versions[j] = version
         return theta, sum(versions.values())
 
     def take(self, final: bool = False) -> None:

@@ -11,6 +11,7 @@ import signal
 import time
 from collections import Counter, defaultdict, deque
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from torch.distributed import Store
 from zmq.utils.monitor import recv_monitor_message
 
 from ..core import actions as act
-from ..core.layout import BlockLayout
+from ..core.layout import MESSAGE_BYTES, BlockLayout, messages_by_server
 from ..core.server import ServerCore
 from ..records.eventlog import EventLog, log_new_choices
 from ..records.files import write_atomically, write_json
@@ -29,7 +30,7 @@ from ..training.optim import lr_function, momentum_function, optimizer_factory
 from ..training.workload import seed_model_init
 from ..transport.messages import (
     BadMessage,
-    Block,
+    Blocks,
     Bye,
     Done,
     Heartbeat,
@@ -63,6 +64,14 @@ from .spec import (
 HANDSHAKE_FAILURES = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
+
+
+class Reply(NamedTuple):
+    """A block on its way to a worker: the version the core named and the snapshot taken then."""
+
+    block: int
+    version: int
+    values: torch.Tensor
 
 
 def worker_identity(worker: int) -> bytes:
@@ -131,6 +140,9 @@ class Server:
         self.link_delays = [delayer_for(rules, "link", w, seed, peer=spec.rank) for w in range(cfg.cluster.workers)]
         self.outbox = Outbox()
         self.reply_delays: list[float] = []
+        self.unsent: dict[int, list[Reply]] = defaultdict(list)  # worker -> replies due
+        self.owners = self.layout.owners
+        self.block_bytes = [b.size * 4 for b in self.layout.blocks]
         self.push_delays: dict[int, deque[float]] = defaultdict(lambda: deque(maxlen=20000))
         self.last_checkpoint = time.monotonic()
         if spec.restarts and checkpoint_file(spec.path, spec.rank).is_file():
@@ -209,6 +221,7 @@ class Server:
                 self.publish_progress()
                 last_publish = now
             self.perform(sock, self.core.on_timer(now))
+            self.send_replies(sock)
             self.maybe_checkpoint(now)
 
     def principal(self, frames: list) -> str | None:
@@ -242,7 +255,8 @@ class Server:
                 self.push(sock, msg, now)
             case Pull():
                 self.pull_msgs += 1
-                self.perform(sock, self.core.on_pull(msg.worker, msg.block, msg.want, msg.clock, now))
+                for j, want in zip(msg.blocks, msg.wants):
+                    self.perform(sock, self.core.on_pull(msg.worker, j, want, msg.clock, now))
             case Hello():
                 self.hello(sock, identity, msg, now)
             case Bye():
@@ -253,26 +267,31 @@ class Server:
                 self.log.write("leave", s=self.spec.rank, w=msg.worker, why="launcher")
                 self.perform(sock, self.core.worker_left(msg.worker, now, msg.pid))
             case Peek() if principal == EVALUATOR:
-                if msg.block in self.blockstore.blocks:
-                    self.send_block(sock, identity, msg.block, self.core.version(msg.block))
+                held = [self.reply_item(j, self.core.version(j)) for j in msg.blocks if j in self.blockstore.blocks]
+                if held:
+                    self.send_blocks(sock, identity, held)
             case Stop() if control:
                 self.stop_requested = True
             case _:
                 self.reject(identity, f"unexpected '{msg.KIND}' from {principal or 'an unknown peer'}")
+        self.send_replies(sock)
 
     def push(self, sock: zmq.Socket, msg: Push, now: float) -> None:
+        """Each block's gradient goes to the core in the message's order (the rules are per block); the
+        replies the updates release leave together, after the whole message (`send_replies`)."""
         if msg.sent_at is not None:  # one-way delay of this link (clocks of one host, or NTP-synced hosts)
             self.push_delays[msg.worker].append(time.time() - msg.sent_at)
         self.push_msgs += 1
-        self.push_bytes += msg.grad.nbytes
-        block = self.blockstore.blocks.get(msg.block)
-        problem = payload_problem(msg.grad, block.size) if block else None
         if self.first_push is None:
             self.first_push = now
-        actions = self.core.on_push(msg.worker, msg.block, msg.base, msg.step, now, problem)
-        if problem:
-            self.log.write("drop", s=self.spec.rank, w=msg.worker, j=msg.block, reason="malformed", detail=problem)
-        self.perform(sock, actions, msg)
+        for j, base, grad in zip(msg.blocks, msg.bases, msg.grads):
+            self.push_bytes += grad.nbytes
+            block = self.blockstore.blocks.get(j)
+            problem = payload_problem(grad, block.size) if block else None
+            actions = self.core.on_push(msg.worker, j, base, msg.step, now, problem)
+            if problem:
+                self.log.write("drop", s=self.spec.rank, w=msg.worker, j=j, reason="malformed", detail=problem)
+            self.perform(sock, actions, grad)
 
     def hello(self, sock: zmq.Socket, identity: bytes, msg: Hello, now: float) -> None:
         problem = None
@@ -287,14 +306,17 @@ class Server:
             self.log.write("hello", s=self.spec.rank, w=msg.worker, pid=msg.pid)
         self.perform(sock, actions)
 
-    def perform(self, sock: zmq.Socket, actions: list, msg: Push | None = None) -> None:
+    def perform(self, sock: zmq.Socket, actions: list, grad: torch.Tensor | None = None) -> None:
+        """Carry out the core's actions; `grad` is the pushed gradient the core's Accept refers to. Block
+        replies are only queued (with the snapshot of the version the core named): `send_replies` sends them,
+        one message per worker."""
         if len(self.core.choices) > self.logged_choices:
             self.logged_choices = log_new_choices(self.log, self.core.choices, self.logged_choices, s=self.spec.rank)
         for action in actions:
             if isinstance(action, act.Accept):
-                self.blockstore.accept(action, msg.grad)
+                self.blockstore.accept(action, grad)
             elif isinstance(action, act.Send):
-                self.send_block(sock, self.route(action.worker), action.block, action.version, action.worker)
+                self.unsent[action.worker].append(self.reply_item(action.block, action.version))
             elif isinstance(action, act.EndRun):
                 self.log.write("budget", s=self.spec.rank, steps=action.steps)
                 for worker in sorted(self.core.members.registered):
@@ -349,24 +371,37 @@ class Server:
         except zmq.ZMQError:
             pass  # already gone
 
-    def send_block(
-        self, sock: zmq.Socket, identity: bytes, block: int, version: int, worker: int | None = None
-    ) -> None:
-        """Reply with the block's snapshot; an injected server or link delay holds it in the outbox."""
-        payload = self.blockstore.snapshot(block)
-        frames = [identity, *encode(Block(block=block, version=version, values=payload))]
+    def reply_item(self, block: int, version: int) -> Reply:
+        """A block as it is now, for a reply: its snapshot is never written again, however late it leaves."""
+        return Reply(block, version, self.blockstore.snapshot(block))
+
+    def send_replies(self, sock: zmq.Socket) -> None:
+        """Send the replies queued by the message or timer just handled: one message per worker carrying its
+        blocks (or one per block without coalescing)."""
+        coalesce = self.spec.config.cluster.coalesce
+        for worker, items in self.unsent.items():
+            for _, part in messages_by_server(items, self.owners, coalesce, self.block_bytes):
+                self.send_blocks(sock, self.route(worker), part, worker)
+        self.unsent.clear()
+
+    def send_blocks(self, sock: zmq.Socket, identity: bytes, items: list[Reply], worker: int | None = None) -> None:
+        """Reply with blocks (index, version, snapshot); an injected server or link delay holds the message in
+        the outbox."""
+        blocks, versions, values = zip(*items)
+        frames = [identity, *encode(Blocks(blocks=blocks, versions=versions, values=values))]
+        nbytes = sum(v.nbytes for v in values)
         delay = 0.0
         if worker is not None and (self.reply_delay.active or self.link_delays[worker].active):
             elapsed = 0.0 if self.first_push is None else time.monotonic() - self.first_push
             if self.reply_delay.active:
-                delay += self.reply_delay.sample(version, elapsed=elapsed)
+                delay += self.reply_delay.sample(versions[0], elapsed=elapsed)
             if self.link_delays[worker].active:
-                delay += self.link_delays[worker].sample(version, nbytes=payload.nbytes, elapsed=elapsed)
+                delay += self.link_delays[worker].sample(versions[0], nbytes=nbytes, elapsed=elapsed)
         if delay > 0:
             self.reply_delays.append(delay)
             self.outbox.put(time.monotonic() + delay, identity, sock, frames)
             self.replies += 1
-            self.reply_bytes += payload.nbytes
+            self.reply_bytes += nbytes
             return
         try:
             sock.send_multipart(frames, copy=False)
@@ -374,7 +409,7 @@ class Server:
             self.bad_messages["unroutable reply"] += 1
             return
         self.replies += 1
-        self.reply_bytes += payload.nbytes
+        self.reply_bytes += nbytes
 
     def reject(self, identity: bytes, reason: str) -> None:
         self.bad_messages[reason.split(":")[0]] += 1
@@ -500,7 +535,10 @@ def serve(spec: RoleSpec, server: Server) -> bool:
     if spec.keys is not None:  # before the socket binds: without a ZAP handler libzmq admits any key
         server.authenticator = PeerAuthenticator(ctx, spec.keys)
         server.authenticator.start()
-    largest = max(b.size for b in server.blockstore.blocks.values()) * 4
+    sizes = [b.size * 4 for b in server.blockstore.blocks.values()]
+    largest = max(sizes)  # the largest message a worker sends: a block, or coalesced blocks up to MESSAGE_BYTES
+    if spec.config.cluster.coalesce:
+        largest = max(largest, min(sum(sizes), MESSAGE_BYTES))
     sock, endpoint = bind_server(spec, store, ctx, inbox_hwm(largest))
     try:
         store.set(f"server/{spec.rank}", endpoint)

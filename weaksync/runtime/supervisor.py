@@ -26,7 +26,6 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-
 _DEFERRED = (signal.SIGINT, signal.SIGTERM)
 
 

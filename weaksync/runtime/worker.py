@@ -26,6 +26,7 @@ from torch.utils.data import Dataset, Subset
 from zmq.utils.monitor import recv_monitor_message
 
 from ..config import Config
+from ..core.layout import messages_by_server
 from ..core.worker import StepPlan, WorkerCore
 from ..records.eventlog import EventLog, log_new_choices
 from ..records.files import write_json
@@ -34,7 +35,7 @@ from ..training.data import BatchStream, shard_indices
 from ..training.workload import seed_model_init
 from ..transport.messages import (
     BadMessage,
-    Block,
+    Blocks,
     Bye,
     Done,
     Heartbeat,
@@ -101,6 +102,9 @@ class WorkerSession:
         self.model = model
         self.layout = model_layout(self.model, cfg.cluster.servers, cfg.cluster.blocks)
         self.flat = FlatModel(self.model, self.layout)
+        self.owners = self.layout.owners
+        self.block_bytes = [b.size * 4 for b in self.layout.blocks]  # float32 on the wire
+        self.coalesce = cfg.cluster.coalesce
         self.core = WorkerCore(self.id, cfg.policy(self.layout.num_blocks))
         self.log = EventLog(spec.path / "events" / f"{spec.name}.jsonl")
         self.traffic = Traffic()
@@ -295,16 +299,17 @@ class WorkerSession:
         self.plan = None
         if len(self.core.choices) > self.logged_choices:
             self.logged_choices = log_new_choices(self.log, self.core.choices, self.logged_choices, w=self.id)
-        push_bytes = 0
-        for p in pushes:
-            block = self.layout.blocks[p.block]
-            payload = vector[block.start : block.stop]
-            frames = encode(Push(self.id, p.block, p.base, p.step, grad=payload, sent_at=time.time()))
-            self.send(block.server, frames, payload.nbytes, plan.step)
-            push_bytes += payload.nbytes
-            self.links[block.server].push_bytes += payload.nbytes
-        self.send_pulls(pulls)
-        self.traffic.push_msgs += len(pushes)
+        push_bytes, messages = 0, messages_by_server(pushes, self.owners, self.coalesce, self.block_bytes)
+        for server, items in messages:
+            grads = tuple(vector[self.layout.blocks[p.block].start : self.layout.blocks[p.block].stop] for p in items)
+            nbytes = sum(g.nbytes for g in grads)
+            blocks, bases = tuple(p.block for p in items), tuple(p.base for p in items)
+            frames = encode(Push(self.id, plan.step, blocks, bases, grads, sent_at=time.time()))
+            self.send(server, frames, nbytes, plan.step)
+            push_bytes += nbytes
+            self.links[server].push_bytes += nbytes
+        pull_msgs = self.send_pulls(pulls)
+        self.traffic.push_msgs += len(messages)
         self.traffic.push_bytes += push_bytes
         self.step_times.append(t1 - t0)
         self.recent_stale.append(len(plan.stale))
@@ -323,8 +328,8 @@ class WorkerSession:
             stale=sorted(plan.stale),
             versions=list(plan.versions),
             push_bytes=push_bytes,
-            push_msgs=len(pushes),
-            pull_msgs=len(pulls),
+            push_msgs=len(messages),
+            pull_msgs=pull_msgs,
         )
         self.wait_from = time.monotonic()
         if self.wait_from - self.last_progress > 1.0:
@@ -373,13 +378,17 @@ class WorkerSession:
         else:
             self.socks[server].send_multipart(frames, copy=False)
 
-    def send_pulls(self, pulls: list) -> None:
+    def send_pulls(self, pulls: list) -> int:
+        """Ask for newer blocks, one message per server (or per block without coalescing); returns how many."""
         now = time.monotonic()
-        for q in pulls:
-            server = self.layout.blocks[q.block].server
-            self.pull_sent[q.block] = now
-            self.send(server, encode(Pull(self.id, q.block, want=q.want_gt, clock=q.clock)), 0, self.core.step)
-        self.traffic.pull_msgs += len(pulls)
+        messages = messages_by_server(pulls, self.owners, self.coalesce)
+        for server, items in messages:
+            for q in items:
+                self.pull_sent[q.block] = now
+            blocks, wants = tuple(q.block for q in items), tuple(q.want_gt for q in items)
+            self.send(server, encode(Pull(self.id, items[0].clock, blocks, wants)), 0, self.core.step)
+        self.traffic.pull_msgs += len(messages)
+        return len(messages)
 
     def drain(self) -> None:
         """Install every reply that has arrived (only those newer than the local copy)."""
@@ -403,23 +412,27 @@ class WorkerSession:
         if isinstance(msg, Welcome):
             self.on_welcome(msg)
             return
-        if not isinstance(msg, Block):
+        if not isinstance(msg, Blocks):
             self.count_bad(f"unexpected '{msg.KIND}'")
             return
-        j, v = msg.block, msg.version
-        if not 0 <= j < self.layout.num_blocks or msg.values.numel() != self.layout.blocks[j].size:
-            self.count_bad(f"block {j} with {msg.values.numel()} values does not fit the layout")
-            return
         self.traffic.reply_msgs += 1
-        self.traffic.reply_bytes += msg.values.nbytes
-        link = self.links[self.layout.blocks[j].server]
-        link.reply_bytes += msg.values.nbytes
-        sent = self.pull_sent.pop(j, None)
-        if sent is not None:
-            link.rtt.append(time.monotonic() - sent)
-        if self.core.on_block(j, v, time.monotonic()):
-            self.flat.install(self.layout.blocks[j], msg.values)
-            self.traffic.installed += 1
+        now = time.monotonic()
+        fresh, payloads = [], []
+        for j, v, values in zip(msg.blocks, msg.versions, msg.values):
+            if not 0 <= j < self.layout.num_blocks or values.numel() != self.layout.blocks[j].size:
+                self.count_bad(f"block {j} with {values.numel()} values does not fit the layout")
+                continue
+            self.traffic.reply_bytes += values.nbytes
+            link = self.links[self.owners[j]]
+            link.reply_bytes += values.nbytes
+            sent = self.pull_sent.pop(j, None)
+            if sent is not None:
+                link.rtt.append(now - sent)
+            if self.core.on_block(j, v, now):
+                fresh.append(self.layout.blocks[j])
+                payloads.append(values)
+        self.flat.install_all(fresh, payloads)
+        self.traffic.installed += len(fresh)
 
     def count_bad(self, reason: str) -> None:
         self.traffic.bad[reason] = self.traffic.bad.get(reason, 0) + 1

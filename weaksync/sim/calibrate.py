@@ -55,8 +55,9 @@ def compute_samples(run_dir: Path) -> dict[int, list[float]]:
     return out
 
 
-def simulate_run(run: RunToPredict, model: TimeModel, seed: int = 0, coalesce: bool = False) -> dict[str, Any]:
-    """The simulation's summary of `run`, its workers drawing their compute from the run's own."""
+def simulate_run(run: RunToPredict, model: TimeModel, seed: int = 0, coalesce: bool | None = None) -> dict[str, Any]:
+    """The simulation's summary of `run`, its workers drawing their compute from the run's own (messages cut
+    as the run cut them, unless `coalesce` says otherwise)."""
     model = model.model_copy(update={"compute_samples": run.compute})
     return Simulation(run.config, model, run.block_bytes, run.block_server, coalesce=coalesce, seed=seed).run()
 

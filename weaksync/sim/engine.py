@@ -5,9 +5,10 @@ Everything the runtime does between the cores is modelled here and nothing the c
 for a drawn time, its pushes and pulls cross NICs and links (timing.py), each server's core takes them in
 arrival order and answers with the sends it decides; a step begins when the worker core says it is ready, and
 the run ends when a server core spends the step budget. The straggler rules of the run's config (worker,
-server and link delays) apply as in a real run. With `coalesce`, a worker's pushes to one server in one step
-travel as one message, and so do its pulls and a server's replies to one worker at one moment: the rules stay
-per block (the cores see the same calls), only the message count changes.
+server and link delays) apply as in a real run. Messages are cut as the runtime cuts them (`cluster.coalesce`,
+core.layout.messages_by_server): coalesced, a worker's pushes to one server in one step travel as one message,
+and so do its pulls and a server's replies to one worker released by one message; the rules stay per block
+(the cores see the same calls), only the message count changes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 
 from ..config import Config
 from ..core import actions as act
+from ..core.layout import messages_by_server
 from ..core.server import ServerCore
 from ..core.worker import WorkerCore
 from ..report.summary import percentiles
@@ -66,11 +68,12 @@ class Simulation:
         model: TimeModel,
         block_bytes: Sequence[int],
         block_server: Sequence[int],
-        coalesce: bool = False,
+        coalesce: bool | None = None,
         seed: int = 0,
     ):
         c = config.cluster
-        self.config, self.model, self.coalesce = config, model, coalesce
+        self.config, self.model = config, model
+        self.coalesce = c.coalesce if coalesce is None else coalesce  # None: as the config's real run would
         self.n, self.s = c.workers, c.servers
         self.block_bytes = list(block_bytes)
         self.block_server = list(block_server)
@@ -147,33 +150,23 @@ class Simulation:
         dst.bytes_in += nbytes
         self.at(dst.cpu, deliver, *args)
 
-    def by_server(self, blocks: Sequence[Any]) -> dict[int, list[Any]]:
-        groups: dict[int, list[Any]] = defaultdict(list)
-        for item in blocks:
-            groups[self.block_server[item.block]].append(item)
-        return groups
-
     def link_wait(self, w: int, s: int, nbytes: int) -> float:
         link = self.link_delay[w][s]
         return link.sample(self.workers[w].step, nbytes=nbytes, elapsed=self.elapsed()) if link.active else 0.0
 
     def send_pulls(self, w: int, pulls: Sequence[act.PullRequest]) -> None:
-        for s, items in self.by_server(pulls).items():
-            parts = [items] if self.coalesce else [[p] for p in items]
-            for part in parts:
-                nbytes = PULL_BYTES * len(part)
-                self.messages["pull"] += 1
-                self.transmit(self.worker_hosts[w], self.server_hosts[s], nbytes, self.on_pulls, (s, w, part), 0.0)
+        for s, part in messages_by_server(pulls, self.block_server, self.coalesce):
+            nbytes = PULL_BYTES * len(part)
+            self.messages["pull"] += 1
+            self.transmit(self.worker_hosts[w], self.server_hosts[s], nbytes, self.on_pulls, (s, w, part), 0.0)
 
     def send_pushes(self, w: int, pushes: Sequence[act.PushRequest]) -> None:
-        for s, items in self.by_server(pushes).items():
-            parts = [items] if self.coalesce else [[p] for p in items]
-            for part in parts:
-                nbytes = sum(self.block_bytes[p.block] for p in part)
-                self.messages["push"] += 1
-                self.bytes["push"] += nbytes
-                delay = self.link_wait(w, s, nbytes)
-                self.transmit(self.worker_hosts[w], self.server_hosts[s], nbytes, self.on_pushes, (s, w, part), delay)
+        for s, part in messages_by_server(pushes, self.block_server, self.coalesce, self.block_bytes):
+            nbytes = sum(self.block_bytes[p.block] for p in part)
+            self.messages["push"] += 1
+            self.bytes["push"] += nbytes
+            delay = self.link_wait(w, s, nbytes)
+            self.transmit(self.worker_hosts[w], self.server_hosts[s], nbytes, self.on_pushes, (s, w, part), delay)
 
     def send_replies(self, s: int, sends: Sequence[act.Send]) -> None:
         per_worker: dict[int, list[act.Send]] = defaultdict(list)
@@ -181,8 +174,7 @@ class Simulation:
             per_worker[send.worker].append(send)
         server_wait = self.reply_delay[s]
         for w, items in per_worker.items():
-            parts = [items] if self.coalesce else [[x] for x in items]
-            for part in parts:
+            for _, part in messages_by_server(items, self.block_server, self.coalesce, self.block_bytes):
                 nbytes = sum(self.block_bytes[x.block] for x in part)
                 delay = server_wait.sample(part[0].version, elapsed=self.elapsed()) if server_wait.active else 0.0
                 delay += self.link_wait(w, s, nbytes)

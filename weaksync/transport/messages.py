@@ -1,16 +1,21 @@
 """Wire format: one typed dataclass per message kind, sent as a msgpack header frame and, for `Push` and
-`Block`, one raw float32 payload frame.
+`Blocks`, one raw float32 payload frame per block.
+
+Blocks travel coalesced: a push, a pull and a reply carry several blocks of one server as columns of one
+header (`blocks`, `bases`, ... of equal length) plus one payload frame per block, so a worker's step costs one
+push and one pull message per server whatever the block count (ps-lite and BytePS batch keys the same way).
+A message of one block is the uncoalesced form (`cluster.coalesce: false`).
 
 Every incoming message is checked here before any role sees it: `decode` returns one of the message classes
 with every field of its declared type, or raises `BadMessage` with a reason the caller counts and logs.
-Payloads are decoded as views of the received frame (no copy). The header keeps the short field names
-(`w`, `j`, `s`, `v`) of the original format, so the bytes on the wire did not change with the types.
+Payloads are decoded as views of the received frames (no copy).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +28,7 @@ import torch
 from ..errors import WeaksyncError
 
 WIRE_DTYPE = np.float32
-MAX_HEADER_BYTES = 4096
+MAX_HEADER_BYTES = 64 << 10  # a coalesced header lists a few ints per block: ~5,000 blocks
 
 
 class BadMessage(WeaksyncError, ValueError):
@@ -61,37 +66,38 @@ class Refuse:
 
 @dataclass(frozen=True, slots=True)
 class Push:
-    """Worker → server: the gradient of one block, computed on version `base` in the worker's step `step`;
-    `sent_at` (wall clock) measures the link's one-way delay."""
+    """Worker → server: the gradients of step `step` for blocks `blocks` of this server, block `blocks[i]`
+    computed on version `bases[i]`; `sent_at` (wall clock) measures the link's one-way delay."""
 
     KIND: ClassVar[str] = "push"
     worker: int
-    block: int
-    base: int
     step: int
-    grad: torch.Tensor
+    blocks: tuple[int, ...]
+    bases: tuple[int, ...]
+    grads: tuple[torch.Tensor, ...]
     sent_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Pull:
-    """Worker → server: send block `block` once its version exceeds `want` (now, if it already does)."""
+    """Worker → server: send block `blocks[i]` once its version exceeds `wants[i]` (now, if it already does);
+    `clock` is the worker's completed steps."""
 
     KIND: ClassVar[str] = "pull"
     worker: int
-    block: int
-    want: int
     clock: int
+    blocks: tuple[int, ...]
+    wants: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
-class Block:
-    """Server → worker or evaluator: a block's values at `version`."""
+class Blocks:
+    """Server → worker or evaluator: the values of blocks `blocks`, block `blocks[i]` at `versions[i]`."""
 
-    KIND: ClassVar[str] = "block"
-    block: int
-    version: int
-    values: torch.Tensor
+    KIND: ClassVar[str] = "blocks"
+    blocks: tuple[int, ...]
+    versions: tuple[int, ...]
+    values: tuple[torch.Tensor, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +114,10 @@ class Heartbeat:
 
 @dataclass(frozen=True, slots=True)
 class Peek:
-    """Evaluator → server: send block `block` as it is now, outside the protocol."""
+    """Evaluator → server: send blocks `blocks` as they are now, outside the protocol."""
 
     KIND: ClassVar[str] = "peek"
-    block: int
+    blocks: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,10 +139,10 @@ class Done:
     KIND: ClassVar[str] = "done"
 
 
-Message = Union[Hello, Welcome, Refuse, Push, Pull, Block, Bye, Heartbeat, Peek, Leave, Stop, Done]
+Message = Union[Hello, Welcome, Refuse, Push, Pull, Blocks, Bye, Heartbeat, Peek, Leave, Stop, Done]
 
-# attribute -> header key: the wire keeps the short names of the first format
-_WIRE_KEYS = {"worker": "w", "block": "j", "server": "s", "version": "v", "sent_at": "ts"}
+# attribute -> header key: short names for the fields every message repeats
+_WIRE_KEYS = {"worker": "w", "blocks": "j", "bases": "u", "server": "s", "versions": "v", "sent_at": "ts"}
 
 
 @dataclass(frozen=True)
@@ -145,13 +151,14 @@ class _Field:
     key: str
     types: tuple[type, ...]
     required: bool
+    column: bool  # a tuple: one entry per block the message carries
 
 
 @dataclass(frozen=True)
 class _Kind:
     cls: type
     fields: tuple[_Field, ...]
-    payload: str | None  # the attribute that travels as the second frame
+    payload: str | None  # the attribute whose tensors travel as frames after the header, one per block
 
 
 def _describe(cls: type) -> _Kind:
@@ -160,12 +167,15 @@ def _describe(cls: type) -> _Kind:
     payload = None
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
+        column = typing.get_origin(hint) is tuple
+        if column:
+            hint = typing.get_args(hint)[0]
         if hint is torch.Tensor:
             payload = f.name
             continue
         types = tuple(t for t in getattr(hint, "__args__", (hint,)) if t is not type(None))
         required = f.default is dataclasses.MISSING
-        fields.append(_Field(f.name, _WIRE_KEYS.get(f.name, f.name), types, required))
+        fields.append(_Field(f.name, _WIRE_KEYS.get(f.name, f.name), types, required, column))
     return _Kind(cls, tuple(fields), payload)
 
 
@@ -173,20 +183,20 @@ KINDS: dict[str, _Kind] = {cls.KIND: _describe(cls) for cls in Message.__args__}
 
 
 def encode(msg: Message) -> list[Any]:
-    """Frames for `send_multipart(..., copy=False)`: the payload goes out as a view of the tensor, so the
-    caller must not modify it afterwards (servers send immutable snapshots, workers fresh gradients)."""
+    """Frames for `send_multipart(..., copy=False)`: the payloads go out as views of the tensors, so the
+    caller must not modify them afterwards (servers send immutable snapshots, workers fresh gradients)."""
     kind = KINDS[msg.KIND]
     header: dict[str, Any] = {"k": msg.KIND}
     for f in kind.fields:
         value = getattr(msg, f.name)
         if value is not None:
-            header[f.key] = value
+            header[f.key] = list(value) if f.column else value
     frames: list[Any] = [msgpack.packb(header)]
     if kind.payload is not None:
-        payload = getattr(msg, kind.payload)
-        if payload.dtype != torch.float32 or not payload.is_contiguous():
-            raise ValueError("payloads must be contiguous float32 tensors")
-        frames.append(memoryview(payload.numpy()).cast("B"))
+        for payload in getattr(msg, kind.payload):
+            if payload.dtype != torch.float32 or not payload.is_contiguous():
+                raise ValueError("payloads must be contiguous float32 tensors")
+            frames.append(memoryview(payload.numpy()).cast("B"))
     return frames
 
 
@@ -208,19 +218,35 @@ def decode(frames: Sequence[Any]) -> Message:
     if kind is None:
         raise BadMessage(f"unknown message kind '{name}'")
     values: dict[str, Any] = {}
+    rows: int | None = None  # the length every column shares: the number of blocks carried
     for f in kind.fields:
         value = header.get(f.key)
         if value is None and not f.required:
             continue
-        if not isinstance(value, f.types) or isinstance(value, bool):
+        if f.column:
+            if not isinstance(value, list) or not all(_is(v, f.types) for v in value):
+                raise BadMessage(f"'{name}' needs field '{f.key}' as a list of {f.types[0].__name__}")
+            if rows is not None and len(value) != rows:
+                raise BadMessage(f"'{name}' lists of unequal length ({rows} and {len(value)} in '{f.key}')")
+            if not value:
+                raise BadMessage(f"'{name}' carries no blocks")
+            rows = len(value)
+            value = tuple(value)
+        elif not _is(value, f.types):
             raise BadMessage(f"'{name}' needs field '{f.key}' of type {f.types[0].__name__}")
         values[f.name] = value
-    expected_frames = 1 if kind.payload is None else 2
+    expected_frames = 1 if kind.payload is None else 1 + (rows or 0)
     if len(frames) != expected_frames:
         raise BadMessage(f"'{name}' has {len(frames)} frames, expected {expected_frames}")
     if kind.payload is not None:
-        values[kind.payload] = _payload(frames[1])
+        with warnings.catch_warnings():  # the frames are read-only; receivers only read from them
+            warnings.simplefilter("ignore", UserWarning)
+            values[kind.payload] = tuple(_payload(frame) for frame in frames[1:])
     return kind.cls(**values)
+
+
+def _is(value: Any, types: tuple[type, ...]) -> bool:
+    return isinstance(value, types) and not isinstance(value, bool)
 
 
 def _buffer(frame: Any) -> memoryview:
@@ -228,13 +254,14 @@ def _buffer(frame: Any) -> memoryview:
 
 
 def _payload(frame: Any) -> torch.Tensor:
+    """A view of the frame as float32 values (the caller silences torch's read-only-buffer warning once per
+    message: per frame, entering `catch_warnings` cost more than the view)."""
     view = _buffer(frame)
     if view.nbytes % WIRE_DTYPE().itemsize:
         raise BadMessage(f"payload of {view.nbytes} bytes is not a whole number of float32 values")
-    array = np.frombuffer(view, dtype=WIRE_DTYPE)
-    with warnings.catch_warnings():  # the frame is read-only; receivers only read from it
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(array)
+    if not view.nbytes:
+        return torch.empty(0, dtype=torch.float32)
+    return torch.frombuffer(view, dtype=torch.float32)
 
 
 def payload_problem(payload: torch.Tensor | None, expected_size: int) -> str | None:
