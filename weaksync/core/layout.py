@@ -14,6 +14,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol, TypeVar
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -112,10 +113,15 @@ class BlockLayout:
     def num_blocks(self) -> int:
         return len(self.blocks)
 
-    @property
+    @cached_property
     def owners(self) -> tuple[int, ...]:
-        """The server of each block, by block index."""
+        """The server of each block, by block index (computed once: message cutting reads it every step)."""
         return tuple(b.server for b in self.blocks)
+
+    @cached_property
+    def block_bytes(self) -> tuple[int, ...]:
+        """Each block's payload on the wire (float32), by block index."""
+        return tuple(b.size * 4 for b in self.blocks)
 
     def blocks_of(self, server: int) -> tuple[Block, ...]:
         return tuple(b for b in self.blocks if b.server == server)

@@ -141,8 +141,6 @@ class Server:
         self.outbox = Outbox()
         self.reply_delays: list[float] = []
         self.unsent: dict[int, list[Reply]] = defaultdict(list)  # worker -> replies due
-        self.owners = self.layout.owners
-        self.block_bytes = [b.size * 4 for b in self.layout.blocks]
         self.push_delays: dict[int, deque[float]] = defaultdict(lambda: deque(maxlen=20000))
         self.last_checkpoint = time.monotonic()
         if spec.restarts and checkpoint_file(spec.path, spec.rank).is_file():
@@ -268,8 +266,7 @@ class Server:
                 self.perform(sock, self.core.worker_left(msg.worker, now, msg.pid))
             case Peek() if principal == EVALUATOR:
                 held = [self.reply_item(j, self.core.version(j)) for j in msg.blocks if j in self.blockstore.blocks]
-                if held:
-                    self.send_blocks(sock, identity, held)
+                self.send_cut(sock, identity, held)
             case Stop() if control:
                 self.stop_requested = True
             case _:
@@ -378,11 +375,16 @@ class Server:
     def send_replies(self, sock: zmq.Socket) -> None:
         """Send the replies queued by the message or timer just handled: one message per worker carrying its
         blocks (or one per block without coalescing)."""
-        coalesce = self.spec.config.cluster.coalesce
         for worker, items in self.unsent.items():
-            for _, part in messages_by_server(items, self.owners, coalesce, self.block_bytes):
-                self.send_blocks(sock, self.route(worker), part, worker)
+            self.send_cut(sock, self.route(worker), items, worker)
         self.unsent.clear()
+
+    def send_cut(self, sock: zmq.Socket, identity: bytes, items: list[Reply], worker: int | None = None) -> None:
+        """Send blocks to one peer in as many messages as the wire's rule cuts them into (one, up to 4 MiB, when
+        coalesced; one per block otherwise), so no peer receives a whole share in one message."""
+        layout, coalesce = self.layout, self.spec.config.cluster.coalesce
+        for _, part in messages_by_server(items, layout.owners, coalesce, layout.block_bytes):
+            self.send_blocks(sock, identity, part, worker)
 
     def send_blocks(self, sock: zmq.Socket, identity: bytes, items: list[Reply], worker: int | None = None) -> None:
         """Reply with blocks (index, version, snapshot); an injected server or link delay holds the message in
@@ -535,7 +537,7 @@ def serve(spec: RoleSpec, server: Server) -> bool:
     if spec.keys is not None:  # before the socket binds: without a ZAP handler libzmq admits any key
         server.authenticator = PeerAuthenticator(ctx, spec.keys)
         server.authenticator.start()
-    sizes = [b.size * 4 for b in server.blockstore.blocks.values()]
+    sizes = [server.layout.block_bytes[j] for j in server.blockstore.blocks]
     largest = max(sizes)  # the largest message a worker sends: a block, or coalesced blocks up to MESSAGE_BYTES
     if spec.config.cluster.coalesce:
         largest = max(largest, min(sum(sizes), MESSAGE_BYTES))

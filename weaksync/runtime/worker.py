@@ -102,8 +102,6 @@ class WorkerSession:
         self.model = model
         self.layout = model_layout(self.model, cfg.cluster.servers, cfg.cluster.blocks)
         self.flat = FlatModel(self.model, self.layout)
-        self.owners = self.layout.owners
-        self.block_bytes = [b.size * 4 for b in self.layout.blocks]  # float32 on the wire
         self.coalesce = cfg.cluster.coalesce
         self.core = WorkerCore(self.id, cfg.policy(self.layout.num_blocks))
         self.log = EventLog(spec.path / "events" / f"{spec.name}.jsonl")
@@ -299,11 +297,12 @@ class WorkerSession:
         self.plan = None
         if len(self.core.choices) > self.logged_choices:
             self.logged_choices = log_new_choices(self.log, self.core.choices, self.logged_choices, w=self.id)
-        push_bytes, messages = 0, messages_by_server(pushes, self.owners, self.coalesce, self.block_bytes)
+        layout = self.layout
+        push_bytes, messages = 0, messages_by_server(pushes, layout.owners, self.coalesce, layout.block_bytes)
         for server, items in messages:
-            grads = tuple(vector[self.layout.blocks[p.block].start : self.layout.blocks[p.block].stop] for p in items)
-            nbytes = sum(g.nbytes for g in grads)
             blocks, bases = tuple(p.block for p in items), tuple(p.base for p in items)
+            grads = tuple(vector[layout.blocks[j].start : layout.blocks[j].stop] for j in blocks)
+            nbytes = sum(layout.block_bytes[j] for j in blocks)
             frames = encode(Push(self.id, plan.step, blocks, bases, grads, sent_at=time.time()))
             self.send(server, frames, nbytes, plan.step)
             push_bytes += nbytes
@@ -381,7 +380,7 @@ class WorkerSession:
     def send_pulls(self, pulls: list) -> int:
         """Ask for newer blocks, one message per server (or per block without coalescing); returns how many."""
         now = time.monotonic()
-        messages = messages_by_server(pulls, self.owners, self.coalesce)
+        messages = messages_by_server(pulls, self.layout.owners, self.coalesce)
         for server, items in messages:
             for q in items:
                 self.pull_sent[q.block] = now
@@ -423,7 +422,7 @@ class WorkerSession:
                 self.count_bad(f"block {j} with {values.numel()} values does not fit the layout")
                 continue
             self.traffic.reply_bytes += values.nbytes
-            link = self.links[self.owners[j]]
+            link = self.links[self.layout.owners[j]]
             link.reply_bytes += values.nbytes
             sent = self.pull_sent.pop(j, None)
             if sent is not None:
