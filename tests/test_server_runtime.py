@@ -122,3 +122,18 @@ def test_one_push_message_per_step_and_one_reply_per_worker(served, coalesce: bo
     for reply in replies:
         for j, values in zip(reply.blocks, reply.values):
             assert torch.equal(values, server.blockstore.snapshot(j))
+
+
+@pytest.mark.parametrize("coalesce", [True, False])
+def test_a_peek_is_answered_as_the_wire_cuts_replies(served, coalesce: bool) -> None:
+    """The evaluator asks for all of a server's blocks at once; the answer follows the same rule as a worker's
+    replies (one message per block without coalescing), never one message whatever the size."""
+    server, exchange = served
+    server.spec.config.cluster.coalesce = coalesce
+    blocks = tuple(sorted(server.blockstore.blocks))
+    first = exchange(b"evaluator", encode(Peek(blocks)), expect_reply=True)
+    evaluator = exchange.dealers[b"evaluator"]
+    replies = [first]
+    while evaluator.poll(200):
+        replies.append(decode(evaluator.recv_multipart(copy=False)))
+    assert [r.blocks for r in replies] == ([blocks] if coalesce else [(j,) for j in blocks])
