@@ -45,6 +45,7 @@ from weaksync.core import (
     build_layout,
 )
 from weaksync.core.actions import DROP_REASONS, EndRun, Expired, Finished, Revived, Welcome
+from weaksync.core.auto import AUTO_MARGIN
 
 
 class Deadlock(AssertionError):
@@ -292,6 +293,9 @@ class Harness:
         self.version = [0] * policy.num_blocks  # per block, as announced by Apply
         self.rounds: list[list[Contribution]] = [[] for _ in range(policy.num_blocks)]
         self.round_opened: list[float | None] = [None] * policy.num_blocks
+        self.last_update: list[float | None] = [None] * policy.num_blocks  # when each block last advanced
+        self.on_time: list[dict[int, float]] = [{} for _ in range(policy.num_blocks)]  # auto: fresh arrivals
+        self.behind: list[set[int]] = [set() for _ in range(policy.num_blocks)]  # auto: left out, silent since
         self.pending_pulls: dict[tuple[int, int], int] = {}  # (worker, block) -> want_gt, at the server
         self.applied: set[tuple[int, int, int]] = set()  # (worker, block, step)
         self.computed: dict[int, Any] = {}
@@ -615,6 +619,7 @@ class Harness:
         elif isinstance(msg, PushMsg):
             warming = self.version[msg.block] < self.policy.sync_warmup  # bsp's τ = 0 in the warm-up
             self.tau_in_force = 0 if warming else core.tau  # auto may change τ after judging this push
+            self.behind[msg.block].discard(msg.worker)
             actions = core.on_push(msg.worker, msg.block, msg.base, msg.step, self.now)
             self._server_actions(s, actions, push=msg)
         elif isinstance(msg, PullMsg):
@@ -715,6 +720,8 @@ class Harness:
         )
         if not rnd:
             self.round_opened[a.block] = self.now
+        if a.base == v:
+            self.on_time[a.block].setdefault(a.worker, self.now)
         rnd.append(Contribution(a.worker, a.base, a.weight, push.step, tau, push.life))
         self.accepts.append((s, a))
         self.hooks.accept(s, a, push.payload)
@@ -743,11 +750,13 @@ class Harness:
         # already did (a departed worker never stalls the rest, an early finisher never cuts a round short)
         can_contribute = (set(range(p.num_workers)) - self.left[s]) | set(merged)
         quorum = max(1, min(p.k if a.quorum is None else a.quorum, len(can_contribute)))
-        if a.by_deadline:
+        if a.by_deadline:  # the push deadline, or auto's cut
             opened = self.round_opened[a.block]
+            by_push_deadline = p.push_deadline is not None and opened is not None and self.now >= opened + p.push_deadline
             self._check(
-                p.push_deadline is not None and opened is not None and self.now >= opened + p.push_deadline,
-                f"s{s} {a} by deadline before the deadline (round opened at {opened}, now {self.now})",
+                by_push_deadline or (p.auto and self._cut_was_due(a, core.live, len(merged), quorum)),
+                f"s{s} {a} by deadline before the deadline (round opened at {opened}, now {self.now}; on-time "
+                f"arrivals {list(self.on_time[a.block].values())} after the last update at {self.last_update[a.block]})",
             )
         elif p.grace is None and not p.auto:
             self._check(len(merged) == quorum, f"s{s} {a}: {len(merged)} contributors, quorum is {quorum}")
@@ -761,7 +770,21 @@ class Harness:
         self.version[a.block] = a.version
         self.rounds[a.block] = []
         self.round_opened[a.block] = None
+        self.last_update[a.block] = self.now
+        self.on_time[a.block] = {}
+        self.behind[a.block] = set(core.live) - set(merged) if p.auto else set()
         self.hooks.apply(s, a)
+
+    def _cut_was_due(self, a: Apply, live: set[int], contributors: int, quorum: int) -> bool:
+        """auto's cut (ServerCore._cut_deadline), restated: at least k_min and at most k contributors, one of
+        them on time, and either every live worker the last round did not leave behind is in, or the next
+        on-time gradient is later than (1 + margin) (q + 1) / q times the q-th's wait."""
+        opened, fresh = self.last_update[a.block], list(self.on_time[a.block].values())
+        q = len(fresh)
+        if not (q >= 1 and opened is not None and self.policy.k_min <= contributors <= quorum):
+            return False
+        everyone_in = live - self.behind[a.block] <= self.on_time[a.block].keys()
+        return everyone_in or self.now >= opened + (1 + AUTO_MARGIN) * (q + 1) / q * (fresh[-1] - opened) - 1e-12
 
     def _on_drop(self, s: int, a: Drop, push: PushMsg | None) -> None:
         p = self.policy

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_core_properties import check_records
 
-from weaksync.core.auto import AUTO_MIN_SAMPLES, AUTO_SURE_SAMPLES, AUTO_WINDOW, QuorumTuner, staleness_bound
+from weaksync.core.auto import AUTO_MARGIN, AUTO_MIN_SAMPLES, AUTO_SURE_SAMPLES, AUTO_WINDOW, QuorumTuner, staleness_bound
 from weaksync.core.policy import make_policy
 
 
@@ -140,12 +140,84 @@ def test_auto_sheds_a_slow_worker_and_keeps_every_invariant() -> None:
     assert any(u.action.quorum == 3 for u in h.updates)  # the LR rule sees the k in force
 
 
-def test_auto_without_stragglers_stays_bsp() -> None:
+def test_auto_without_stragglers_keeps_the_full_quorums() -> None:
+    """The tuner makes no change (k = N, b = B). The harness jitters every step by ±50 %, so now and then a
+    round's last gradient comes later than waiting for it is worth, and the cut closes the round without it
+    (its gradient joins the next round, stale by one); those are the only short rounds, and rare."""
     h = auto_run([0.01, 0.01, 0.01, 0.01])
     check_records(h)
     assert all(core.choices == [] for core in h.servers + h.workers)
-    assert all(len(u.action.contributors) == 4 for u in h.updates)
+    short = [u for u in h.updates if len(u.action.contributors) < 4 and u.live == 4]  # not the last rounds
+    assert all(u.action.by_deadline for u in short) and len(short) < 0.15 * len(h.updates)
     assert all(p.fresh == frozenset(range(4)) for plans in h.plans for p in plans[1:])
+
+
+def cut_core(k_min: int | None = None):
+    """A server of auto with 4 workers and one block, its first round closed at t = 1.0 (so the next opens)."""
+    from weaksync.core.server import ServerCore
+
+    core = ServerCore(make_policy("auto", 4, 1, k=k_min), [0])
+    for w in range(4):
+        core.on_push(w, 0, 0, 0, 1.0)
+    assert core.version(0) == 1
+    return core
+
+
+def test_the_cut_closes_a_round_once_waiting_for_the_next_gradient_stops_paying() -> None:
+    """Three gradients on v1 came 0.01 s after the round opened; a fourth would have to come within
+    4/3 × 0.01 s (× the margin) to be worth waiting for. It did not: the timer closes the round with three,
+    marked as cut (by_deadline), at the k in force for the LR."""
+    from weaksync.core.actions import Apply
+
+    core = cut_core()
+    for w in range(3):
+        assert not [a for a in core.on_push(w, 0, 1, 1, 1.01) if isinstance(a, Apply)]
+    due = core.next_deadline()
+    assert due is not None and abs(due - (1.0 + (1 + AUTO_MARGIN) * 4 / 3 * 0.01)) < 1e-9
+    assert core.on_timer(due - 1e-6) == []
+    (update,) = [a for a in core.on_timer(due) if isinstance(a, Apply)]
+    assert (len(update.contributors), update.by_deadline, update.quorum, core.k) == (3, True, 4, 4)
+    late = core.on_push(3, 0, 1, 1, due + 0.03)  # the late gradient joins the next round, stale by one
+    assert core.blocks[0].contributors == {3: (1, 1.0, 1)} and not [a for a in late if isinstance(a, Apply)]
+
+
+def test_a_worker_left_behind_is_not_waited_for_until_it_pushes_again() -> None:
+    """Worker 3 missed the last round (cut) and is still computing: the next round closes as soon as the
+    three others are in. Once its late push came, it is waited for again."""
+    from weaksync.core.actions import Apply
+
+    core = cut_core()
+    for w in range(3):
+        core.on_push(w, 0, 1, 1, 1.01)
+    core.on_timer(core.next_deadline())  # v2, cut without worker 3
+    assert core.blocks[0].behind == {3}
+    closed = [a for w in range(3) for a in core.on_push(w, 0, 2, 2, 1.03) if isinstance(a, Apply)]
+    assert [(len(a.contributors), a.by_deadline) for a in closed] == [(3, True)] and core.version(0) == 3
+    core.on_push(3, 0, 1, 1, 1.035)  # its step on v1: too stale for k = 4 (τ = 1), but it is back
+    assert core.blocks[0].behind == set()
+    for w in range(3):
+        core.on_push(w, 0, 3, 3, 1.05)
+    assert core.version(0) == 3 and core.next_deadline() is not None  # waiting for worker 3 again
+
+
+def test_a_fourth_gradient_in_time_is_waited_for() -> None:
+    core = cut_core()
+    for w in range(3):
+        core.on_push(w, 0, 1, 1, 1.01)
+    core.on_push(3, 0, 1, 1, 1.0125)  # within 4/3 x 0.01 s: the round closes full, not cut
+    assert core.version(0) == 2 and core.next_deadline() is None
+
+
+def test_stale_gradients_do_not_start_the_cut_and_k_min_bounds_it() -> None:
+    """A gradient on an older version arrives just after the round opened: were it counted, the cut would
+    close the round at once with it alone. And with k_min = 3, two on-time gradients never close a round."""
+    core = cut_core()
+    core.on_push(0, 0, 0, 1, 1.001)  # stale by one, accepted
+    assert core.next_deadline() is None
+    bounded = cut_core(k_min=3)
+    for w in range(2):
+        bounded.on_push(w, 0, 1, 1, 1.01)
+    assert bounded.next_deadline() is None and bounded.on_timer(5.0) == [] and bounded.version(0) == 1
 
 
 @settings(max_examples=40, deadline=None)

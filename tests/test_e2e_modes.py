@@ -66,7 +66,8 @@ def test_mode_trains_and_obeys_thresholds(tmp_path: Path, mode: str) -> None:
         workers = [w for w, _ in u["contributors"]]
         assert len(workers) == len(set(workers)), "a worker contributed twice to one update"
         if u["t"] < first_end:  # once a worker finished, the quorum is capped at those still running
-            assert len(workers) >= u["k"]  # the k in force when the round closed (auto moves it)
+            # the k in force when the round closed (auto moves it); auto's cut may close a round short of it
+            assert len(workers) >= u["k"] or (mode == "auto" and u["by_deadline"])
             assert mode == "auto" or u["k"] == (n if u["v"] <= warmup else k), "the synchronous warm-up: k = N"
         if u["v"] <= warmup:  # made as bsp makes them: every worker, on the version before
             assert len(workers) == n and all(base == u["v"] - 1 for _, base in u["contributors"])

@@ -27,7 +27,7 @@ from .actions import (
     ServerAction,
     Welcome,
 )
-from .auto import Choice, QuorumTuner, staleness_bound
+from .auto import AUTO_MARGIN, Choice, QuorumTuner, staleness_bound
 from .membership import Departure, Membership
 from .policy import GRACE_HISTORY, SyncPolicy, within_staleness
 
@@ -55,6 +55,9 @@ class _BlockState:
     late: _LateWatch | None = None
     gradients: int = 0  # pushes accepted into this round (a worker's repeated pushes each count)
     parked: dict[int, int] = field(default_factory=dict)  # worker -> want_gt
+    fresh: dict[int, float] = field(default_factory=dict)  # auto: worker -> when its gradient on `version` came
+    cut_deadline: float | None = None  # auto: when waiting for the next on-time gradient stops paying
+    behind: set[int] = field(default_factory=set)  # auto: live workers the last round closed without, silent since
 
 
 class ServerCore:
@@ -142,7 +145,9 @@ class ServerCore:
 
     def next_deadline(self) -> float | None:
         """Earliest time `on_timer` has work to do (a push deadline, a grace, an expiry), or None."""
-        times = [t for s in self.blocks.values() for t in (s.round_deadline, s.grace_deadline) if t is not None]
+        times = [
+            t for s in self.blocks.values() for t in (s.round_deadline, s.grace_deadline, s.cut_deadline) if t is not None
+        ]
         member_deadline = self.members.next_deadline()
         if member_deadline is not None:
             times.append(member_deadline)
@@ -192,6 +197,8 @@ class ServerCore:
     ) -> list[ServerAction]:
         state = self.blocks.get(block)
         version = state.version if state else -1
+        if state is not None:
+            state.behind.discard(worker)  # it is back: waited for again
         reason = self._push_problem(worker, block, base, state, problem)
         if state is not None and reason in (None, "stale"):  # a late gradient, even one too late to use
             self._note_late(state, worker, base, now)
@@ -211,6 +218,8 @@ class ServerCore:
         self.accepted[worker] += 1
         state.gradients += 1
         self.staleness += STALENESS_SMOOTHING * (staleness - self.staleness)
+        if self.tuner is not None and base == version:  # before the rules below may close the round
+            state.fresh.setdefault(worker, now)
         if worker in state.contributors:  # fold_repeats: add to this worker's contribution to the round
             first, total, last_step = state.contributors[worker]
             state.contributors[worker] = (min(first, base), total + weight, max(last_step, step))
@@ -218,6 +227,10 @@ class ServerCore:
         else:
             state.contributors[worker] = (base, weight, step)
             actions += self._close_if_due(block, state, now)
+        if self.tuner is not None and state.contributors:  # the round is still open
+            state.cut_deadline = self._cut_deadline(state, now)
+            if state.cut_deadline is not None and state.cut_deadline <= now:
+                actions += self._apply(block, state, by_deadline=True, now=now)
         actions += self._advance_clock(worker, step + 1)
         actions += self._observe(worker, block, base, now)
         return actions
@@ -255,6 +268,8 @@ class ServerCore:
                 actions += self._apply(block, state, by_deadline=True, now=now)
             elif state.grace_deadline is not None and state.grace_deadline <= now and state.contributors:
                 actions += self._apply(block, state, by_deadline=False, now=now)
+            elif state.cut_deadline is not None and state.cut_deadline <= now and state.contributors:
+                actions += self._apply(block, state, by_deadline=True, now=now)
         for worker, silent_for in self.members.expired(now):
             self.members.depart(worker, "silent")
             actions.append(Expired(worker, silent_for))
@@ -338,6 +353,7 @@ class ServerCore:
         for block, state in self.blocks.items():
             if forget_pulls:
                 state.parked.pop(worker, None)
+            state.behind.discard(worker)
             if state.late is not None:
                 state.late.missing.discard(worker)
             if state.contributors and len(state.contributors) >= self.quorum(block):
@@ -417,6 +433,26 @@ class ServerCore:
             return self._apply(block, state, now=now)
         return []
 
+    def _cut_deadline(self, state: _BlockState, now: float) -> float | None:
+        """auto: when this round stops waiting for its next on-time gradient (DESIGN.md §2, `auto`).
+
+        The round opened at t0 (the last update) and its q-th gradient computed on this version came a_q
+        later. Closing now is worth q gradients in a_q; waiting for one more, q + 1 in a_(q+1). Waiting pays
+        only while a_(q+1) < (q + 1) / q · a_q, so the round closes at that point, with the tuner's margin
+        for a one-round estimate (AUTO_MARGIN), if no one else came. A worker that the last round closed
+        without and that has not pushed since is not waited for at all: it is still computing an old step,
+        so the round closes (now) once every other live worker is in. This reacts within a round (a spike,
+        a worker that just became slow) where the tuner needs several; with nothing slow the next gradient
+        comes well before the cut. Stale gradients ride along but do not start the clock: one sent just
+        after t0 would otherwise close the round at once. Never below k_min contributors."""
+        q = len(state.fresh)
+        if q == 0 or state.last_apply is None or len(state.contributors) < self.policy.k_min or self._warming(state):
+            return None
+        if q + len(state.behind) >= len(self.live) and all(w in state.fresh or w in state.behind for w in self.live):
+            return now
+        waited = max(next(reversed(state.fresh.values())) - state.last_apply, 0.0)
+        return state.last_apply + (1 + AUTO_MARGIN) * (q + 1) / q * waited
+
     def _note_late(self, state: _BlockState, worker: int, base: int, now: float) -> None:
         """A missing worker's gradient for a round that closed without it: how late after k it came."""
         watch = state.late
@@ -460,10 +496,15 @@ class ServerCore:
             self.tuner.start_round(state.version, now)  # how long until each worker pushes on this version
         self.gradients_applied += state.gradients
         state.gradients = 0
+        if self.tuner is not None:  # who this round closed without (O(N) only when it did)
+            full = len(state.contributors) >= len(self.live)
+            state.behind = set() if full else set(self.live - state.contributors.keys())
         state.contributors = {}
         state.round_deadline = None
         state.quorum_time = None
         state.grace_deadline = None
+        state.fresh = {}
+        state.cut_deadline = None
         self.updates += 1
         actions: list[ServerAction] = [
             Apply(block, state.version, contributors, step, by_deadline, round(self.staleness, 6), quorum)
