@@ -166,7 +166,7 @@ def cut_core(k_min: int | None = None):
 def test_the_cut_closes_a_round_once_waiting_for_the_next_gradient_stops_paying() -> None:
     """Three gradients on v1 came 0.01 s after the round opened; a fourth would have to come within
     4/3 × 0.01 s (× the margin) to be worth waiting for. It did not: the timer closes the round with three,
-    marked as cut (by_deadline), at the k in force for the LR."""
+    marked as cut (by_deadline), a full quorum of three for the LR."""
     from weaksync.core.actions import Apply
 
     core = cut_core()
@@ -176,7 +176,8 @@ def test_the_cut_closes_a_round_once_waiting_for_the_next_gradient_stops_paying(
     assert due is not None and abs(due - (1.0 + (1 + AUTO_MARGIN) * 4 / 3 * 0.01)) < 1e-9
     assert core.on_timer(due - 1e-6) == []
     (update,) = [a for a in core.on_timer(due) if isinstance(a, Apply)]
-    assert (len(update.contributors), update.by_deadline, update.quorum, core.k) == (3, True, 4, 4)
+    # the cut chose this round's quorum: 3 is a full quorum of 3 for the LR; the k in force stays 4
+    assert (len(update.contributors), update.by_deadline, update.quorum, core.k) == (3, True, 3, 4)
     late = core.on_push(3, 0, 1, 1, due + 0.03)  # the late gradient joins the next round, stale by one
     assert core.blocks[0].contributors == {3: (1, 1.0, 1)} and not [a for a in late if isinstance(a, Apply)]
 

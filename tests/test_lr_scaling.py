@@ -31,6 +31,8 @@ def test_the_default_rule_is_auto() -> None:
         ("auto", 2, 4, 3, 2 / 3),
         ("auto", 4, 4, 4, 1.0),  # bsp
         ("auto", 1, 4, 1, 0.25),  # async and ssp: one gradient gets lr/N
+        ("auto", 2, 4, 2, 2 / 3),  # k = 2 of 4: no more per sample than a backup quorum (3 of 4) gets
+        ("auto", 2, 8, 4, 2 / 7),
         ("auto", 1, 1, 1, 1.0),  # one worker: every rule is plain SGD
     ],
 )

@@ -230,7 +230,7 @@ class ServerCore:
         if self.tuner is not None and state.contributors:  # the round is still open
             state.cut_deadline = self._cut_deadline(state, now)
             if state.cut_deadline is not None and state.cut_deadline <= now:
-                actions += self._apply(block, state, by_deadline=True, now=now)
+                actions += self._apply(block, state, by_deadline=True, now=now, cut=True)
         actions += self._advance_clock(worker, step + 1)
         actions += self._observe(worker, block, base, now)
         return actions
@@ -269,7 +269,7 @@ class ServerCore:
             elif state.grace_deadline is not None and state.grace_deadline <= now and state.contributors:
                 actions += self._apply(block, state, by_deadline=False, now=now)
             elif state.cut_deadline is not None and state.cut_deadline <= now and state.contributors:
-                actions += self._apply(block, state, by_deadline=True, now=now)
+                actions += self._apply(block, state, by_deadline=True, now=now, cut=True)
         for worker, silent_for in self.members.expired(now):
             self.members.depart(worker, "silent")
             actions.append(Expired(worker, silent_for))
@@ -483,12 +483,16 @@ class ServerCore:
         return actions
 
     def _apply(
-        self, block: int, state: _BlockState, by_deadline: bool = False, now: float | None = None
+        self, block: int, state: _BlockState, by_deadline: bool = False, now: float | None = None, cut: bool = False
     ) -> list[ServerAction]:
+        """Close the round. A cut (auto) is this round's choice of quorum: the m gradients it holds are a
+        full quorum of m for the LR (as a backup quorum is), not a short round of k."""
         contributors = tuple((w, base, weight) for w, (base, weight, _) in state.contributors.items())
         step = max(s for _, _, s in state.contributors.values())
         # the LR needs the quorum only when it differs from the policy's: auto's k, or the warm-up's N
         quorum = self._k(state) if self._warming(state) or self.tuner is not None else None
+        if cut:
+            quorum = len(contributors)
         if now is not None:
             self._record_round(state, now)
         state.version += 1
