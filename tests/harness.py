@@ -752,7 +752,9 @@ class Harness:
         quorum = max(1, min(p.k if a.quorum is None else a.quorum, len(can_contribute)))
         if a.by_deadline:  # the push deadline, or auto's cut
             opened = self.round_opened[a.block]
-            by_push_deadline = p.push_deadline is not None and opened is not None and self.now >= opened + p.push_deadline
+            by_push_deadline = (
+                p.push_deadline is not None and opened is not None and self.now >= opened + p.push_deadline
+            )
             self._check(
                 by_push_deadline or (p.auto and self._cut_was_due(a, core.live, len(merged), quorum)),
                 f"s{s} {a} by deadline before the deadline (round opened at {opened}, now {self.now}; on-time "

@@ -14,7 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_core_properties import check_records
 
-from weaksync.core.auto import AUTO_MARGIN, AUTO_MIN_SAMPLES, AUTO_SURE_SAMPLES, AUTO_WINDOW, QuorumTuner, staleness_bound
+from weaksync.core.auto import (
+    AUTO_MARGIN,
+    AUTO_MIN_SAMPLES,
+    AUTO_SURE_SAMPLES,
+    AUTO_WINDOW,
+    QuorumTuner,
+    staleness_bound,
+)
 from weaksync.core.policy import make_policy
 
 

@@ -134,7 +134,9 @@ def print_summary(console: Console, run_dir: Path, s: dict[str, Any]) -> None:
         ends = f"k per server {quorums.get('k')}, b per worker {quorums.get('b')} at the end"
         rows.append(("auto", f"{len(quorums.get('changes', []))} changes; {ends}"))
         cut = s.get("updates_by_deadline", 0)
-        rows.append(("  rounds cut short", f"{cut} of {s.get('updates', '-')} block updates (the cut, or a push deadline)"))
+        rows.append(
+            ("  rounds cut short", f"{cut} of {s.get('updates', '-')} block updates (the cut, or a push deadline)")
+        )
         for change in quorums.get("changes", [])[:8]:
             rows.append((f"  {change['t']:.2f} s {change['who']}", change["reason"]))
     recovery = s.get("recovery") or {}

@@ -146,7 +146,10 @@ class ServerCore:
     def next_deadline(self) -> float | None:
         """Earliest time `on_timer` has work to do (a push deadline, a grace, an expiry), or None."""
         times = [
-            t for s in self.blocks.values() for t in (s.round_deadline, s.grace_deadline, s.cut_deadline) if t is not None
+            t
+            for s in self.blocks.values()
+            for t in (s.round_deadline, s.grace_deadline, s.cut_deadline)
+            if t is not None
         ]
         member_deadline = self.members.next_deadline()
         if member_deadline is not None:
