@@ -33,10 +33,11 @@ class Apply:
     """Average the accepted contributions of `block`, take one optimizer step, and advance to `version`.
 
     `contributors` are (worker, base version, weight) in arrival order; `step` is the largest worker step
-    among them (drives the LR schedule); `by_deadline` tells the quorum was cut short by the push deadline;
+    among them (drives the LR schedule); `by_deadline` tells the quorum was cut short by the push deadline
+    or by auto's cut;
     `staleness` is the moving average of the staleness of the gradients this server accepted (drives the
-    momentum correction, see training/optim.py); `quorum` is the k in force when the round closed (the LR
-    rule scales by contributors / quorum; None: the policy's k).
+    momentum correction, see training/optim.py); `quorum` is the k in force when the round closed, or the
+    contributors of a cut round (the LR rule scales by contributors / quorum; None: the policy's k).
     """
 
     block: int

@@ -35,7 +35,9 @@ class SyncPolicy:
       holds. False: the original rule, such pushes are dropped as `duplicate`.
     auto: k and b are chosen online (core/auto.py): they start at N and B (bsp) and move within
       [k_min, N] and [b_min, B] when the measured arrival times say a smaller quorum makes more progress
-      per second; τ follows k (`auto.staleness_bound`), and `tau` is its value at the start.
+      per second; τ follows k (`auto.staleness_bound`), and `tau` is its value at the start. Within a
+      round the server also cuts it short once waiting for the next gradient stops paying
+      (`ServerCore._cut_deadline`).
     grace: the quorums k and b are minimums. Once they are met, the server waits a little longer for the
       remaining live workers' gradients, and the worker for the remaining blocks, when these usually come
       that soon: at most `grace` × the typical round period (server) or compute time (worker). When nothing

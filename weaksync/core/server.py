@@ -144,7 +144,7 @@ class ServerCore:
         return self.steps_total
 
     def next_deadline(self) -> float | None:
-        """Earliest time `on_timer` has work to do (a push deadline, a grace, an expiry), or None."""
+        """Earliest time `on_timer` has work to do (a push deadline, a grace, auto's cut, an expiry), or None."""
         times = [
             t
             for s in self.blocks.values()
@@ -437,7 +437,7 @@ class ServerCore:
         return []
 
     def _cut_deadline(self, state: _BlockState, now: float) -> float | None:
-        """auto: when this round stops waiting for its next on-time gradient (DESIGN.md §2, `auto`).
+        """auto: when this round stops waiting for its next on-time gradient (docs/guarantees.md, `auto`).
 
         The round opened at t0 (the last update) and its q-th gradient computed on this version came a_q
         later. Closing now is worth q gradients in a_q; waiting for one more, q + 1 in a_(q+1). Waiting pays
