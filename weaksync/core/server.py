@@ -233,7 +233,7 @@ class ServerCore:
         if self.tuner is not None and state.contributors:  # the round is still open
             state.cut_deadline = self._cut_deadline(state, now)
             if state.cut_deadline is not None and state.cut_deadline <= now:
-                actions += self._apply(block, state, by_deadline=True, now=now, cut=True)
+                actions += self._apply(block, state, now=now, cut=True)
         actions += self._advance_clock(worker, step + 1)
         actions += self._observe(worker, block, base, now)
         return actions
@@ -272,7 +272,7 @@ class ServerCore:
             elif state.grace_deadline is not None and state.grace_deadline <= now and state.contributors:
                 actions += self._apply(block, state, by_deadline=False, now=now)
             elif state.cut_deadline is not None and state.cut_deadline <= now and state.contributors:
-                actions += self._apply(block, state, by_deadline=True, now=now, cut=True)
+                actions += self._apply(block, state, now=now, cut=True)
         for worker, silent_for in self.members.expired(now):
             self.members.depart(worker, "silent")
             actions.append(Expired(worker, silent_for))
@@ -489,7 +489,9 @@ class ServerCore:
         self, block: int, state: _BlockState, by_deadline: bool = False, now: float | None = None, cut: bool = False
     ) -> list[ServerAction]:
         """Close the round. A cut (auto) is this round's choice of quorum: the m gradients it holds are a
-        full quorum of m for the LR (as a backup quorum is), not a short round of k."""
+        full quorum of m for the LR (as a backup quorum is), not a short round of k; it counts as a
+        deadline (`by_deadline`) in the update records."""
+        by_deadline = by_deadline or cut
         contributors = tuple((w, base, weight) for w, (base, weight, _) in state.contributors.items())
         step = max(s for _, _, s in state.contributors.values())
         # the LR needs the quorum only when it differs from the policy's: auto's k, or the warm-up's N
@@ -505,7 +507,7 @@ class ServerCore:
         state.gradients = 0
         if self.tuner is not None:  # who this round closed without (O(N) only when it did)
             full = len(state.contributors) >= len(self.live)
-            state.behind = set() if full else set(self.live - state.contributors.keys())
+            state.behind = set() if full else self.live - state.contributors.keys()
         state.contributors = {}
         state.round_deadline = None
         state.quorum_time = None

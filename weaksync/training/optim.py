@@ -47,8 +47,8 @@ def lr_scale(rule: str, contributors: int, num_workers: int, quorum: int) -> flo
     """
     if rule == "auto":
         if quorum == 1:
-            return contributors / num_workers
-        return min(1.0, contributors / quorum, contributors / max(1, num_workers - 1))
+            return lr_scale("linear", contributors, num_workers, quorum)
+        return min(lr_scale("quorum", contributors, num_workers, quorum), contributors / max(1, num_workers - 1))
     if rule == "linear":
         return contributors / num_workers
     if rule == "quorum":
