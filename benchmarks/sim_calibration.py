@@ -34,8 +34,8 @@ def main() -> None:
         loaded = load_run(run)
         figures = {name: (sim, real) for name, sim, real in comparison(simulate_run(loaded, model), loaded.measured)}
         rows.append({"run": run.name, **{name: list(pair) for name, pair in figures.items()}})
-    (args.bench / "calibration.json").write_text(json.dumps({"model": model.model_dump(exclude={"compute_samples"}),
-                                                             "runs": rows}, indent=1))  # fmt: skip
+    fitted = model.model_dump(exclude={"compute_samples", "send_samples"})
+    (args.bench / "calibration.json").write_text(json.dumps({"model": fitted, "runs": rows}, indent=1))
     print("| run | steps/s sim / real | error | step p50 sim / real (ms) | error |")
     print("| --- | --- | --- | --- | --- |")
     for r in rows:

@@ -13,7 +13,7 @@ import pytest
 
 from weaksync.cli.main import main as cli_main
 from weaksync.config import load_config
-from weaksync.sim.calibrate import comparison, compute_samples, load_run, simulate_run
+from weaksync.sim.calibrate import comparison, load_run, simulate_run, step_samples
 from weaksync.sim.engine import Simulation, even_blocks
 from weaksync.sim.timing import TimeModel
 
@@ -64,6 +64,15 @@ def test_coalescing_makes_messages_per_step_a_matter_of_servers_not_blocks() -> 
     assert coalesced["step_time"]["p50"] < per_block["step_time"]["p50"]  # per-message costs gone
 
 
+def test_a_workers_send_cost_delays_its_messages_and_is_not_counted_as_compute() -> None:
+    """As in the runtime: the core's step ends with the compute (auto's overhead), the messages leave after."""
+    config = load_config(None, {"cluster.workers": 2, "cluster.servers": 1, "train.steps": 30, "sync.mode": "bsp"})
+    sizes, owners = even_blocks(1000, 1, 1)
+    sim = Simulation(config, FREE.model_copy(update={"send_samples": {0: [0.002], 1: [0.002]}}), sizes, owners)
+    assert sim.run()["step_time"]["p50"] == pytest.approx(0.003, rel=0.01)  # 1 ms compute + 2 ms sending
+    assert [w.compute for w in sim.workers] == pytest.approx([1e-3, 1e-3])
+
+
 def test_same_seed_same_run_and_the_straggler_rules_apply() -> None:
     base = {"cluster.workers": 4, "cluster.servers": 2, "train.steps": 40, "sync.mode": "bsp"}
     sizes, owners = even_blocks(600_000, 2, 2)
@@ -78,19 +87,25 @@ def test_same_seed_same_run_and_the_straggler_rules_apply() -> None:
     assert tolerant["step_time"]["p50"] < 0.5 * slow["step_time"]["p50"]  # backup does not
 
 
-def test_calibration_reads_a_runs_compute_times_less_what_was_injected(tmp_path: Path) -> None:
+def test_calibration_reads_a_runs_compute_less_what_was_injected_and_its_send_cost(tmp_path: Path) -> None:
     run = tmp_path / "run"
     (run / "events").mkdir(parents=True)
     (run / "config.yaml").write_text("cluster: {workers: 2, servers: 1}\nsync: {mode: bsp}\ntrain: {steps: 30}\n")
     (run / "meta.json").write_text(json.dumps({"theta_size": 1000, "num_blocks": 1, "num_servers": 1}))
     steps, t = [], 0.0
     for i in range(30):
-        steps.append({"ev": "step", "w": 0, "step": i, "t": t, "t_end": t + 0.03, "injected": 0.01})
+        steps.append(
+            {"ev": "step", "w": 0, "step": i, "t": t, "t_end": t + 0.03, "t_push": t + 0.032, "injected": 0.01}
+        )
         t += 0.035
     (run / "events" / "worker-0.jsonl").write_text("".join(json.dumps(e) + "\n" for e in steps))
-    (run / "events" / "worker-1.jsonl").write_text(json.dumps({**steps[0], "w": 1, "injected": 0.0}) + "\n")
+    (run / "events" / "worker-1.jsonl").write_text(
+        json.dumps({"ev": "step", "w": 1, "step": 0, "t": 0.0, "t_end": 0.03}) + "\n"
+    )
     (run / "summary.json").write_text(json.dumps({"steps_per_s": 57.0, "step_time": {"p50": 0.035}, "traffic": {}}))
-    assert compute_samples(run)[0] == pytest.approx([0.02] * 30) and compute_samples(run)[1] == pytest.approx([0.03])
+    compute, send = step_samples(run)
+    assert compute[0] == pytest.approx([0.02] * 30) and compute[1] == pytest.approx([0.03])
+    assert send[0] == pytest.approx([0.002] * 30) and send[1] == [0.0]
     loaded = load_run(run)
     figures = {name: (sim, real) for name, sim, real in comparison(simulate_run(loaded, FREE), loaded.measured)}
     assert figures["step time p50 (s)"][1] == 0.035 and figures["step time p50 (s)"][0] == pytest.approx(0.03, rel=0.1)

@@ -1,10 +1,11 @@
 """Predict a real run: its config, its model's size and its workers' measured compute times, in the simulator.
 
-What comes from the run: the mode, N, S, B and steps (config.yaml), θ's size (meta.json), and each worker's
+What comes from the run: the mode, N, S, B and steps (config.yaml), θ's size (meta.json), each worker's
 compute time per step as measured (step events, `t_end - t`, less the delay its straggler rule injected; the
-simulator injects the rule's delays afresh). What does not: the cost of a message and of a byte, which the
-run does not measure apart from waiting. Those come from the time model (defaults, `--set`), or with
-`fit_message_cost` from one run's p50 wait: fit on one run, then predict the others.
+simulator injects the rule's delays afresh), and its cost of sending a step's messages (`t_push - t_end`).
+What does not: the cost of a message and of a byte, which the run does not measure apart from waiting. Those
+come from the time model (defaults, `--set`), or with `fit_message_cost` from one run's p50 wait: fit on one
+run, then predict the others.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class RunToPredict:
     block_bytes: list[int]
     block_server: list[int]
     compute: dict[int, list[float]]
+    send: dict[int, list[float]]
     measured: dict[str, Any]  # the run's own summary.json
 
 
@@ -40,25 +42,30 @@ def load_run(run_dir: Path) -> RunToPredict:
     meta = json.loads((run_dir / "meta.json").read_text())
     sizes, servers = even_blocks(meta["theta_size"] * FLOAT_BYTES, meta["num_blocks"], meta["num_servers"])
     measured = json.loads((run_dir / "summary.json").read_text())
-    return RunToPredict(load_config(run_dir / "config.yaml"), sizes, servers, compute_samples(run_dir), measured)
+    compute, send = step_samples(run_dir)
+    return RunToPredict(load_config(run_dir / "config.yaml"), sizes, servers, compute, send, measured)
 
 
-def compute_samples(run_dir: Path) -> dict[int, list[float]]:
-    """Each worker's measured compute per step, without the delays its straggler rule injected."""
-    out: dict[int, list[float]] = {}
+def step_samples(run_dir: Path) -> tuple[dict[int, list[float]], dict[int, list[float]]]:
+    """Each worker's measured compute per step, without the delays its straggler rule injected, and its time
+    from the end of that compute to its pushes sent (0 for a log without `t_push`)."""
+    compute: dict[int, list[float]] = {}
+    send: dict[int, list[float]] = {}
     for path in sorted((run_dir / "events").glob("worker-*.jsonl")):
         for e in read_events(path):
             if e["ev"] == "step":
-                out.setdefault(int(e["w"]), []).append(max(1e-6, e["t_end"] - e["t"] - e.get("injected", 0.0)))
-    if not out:
+                w = int(e["w"])
+                compute.setdefault(w, []).append(max(1e-6, e["t_end"] - e["t"] - e.get("injected", 0.0)))
+                send.setdefault(w, []).append(max(0.0, e.get("t_push", e["t_end"]) - e["t_end"]))
+    if not compute:
         raise ConfigError(f"--calibrate: '{run_dir}' logged no worker step: pass a run that trained")
-    return out
+    return compute, send
 
 
 def simulate_run(run: RunToPredict, model: TimeModel, seed: int = 0, coalesce: bool | None = None) -> dict[str, Any]:
     """The simulation's summary of `run`, its workers drawing their compute from the run's own (messages cut
     as the run cut them, unless `coalesce` says otherwise)."""
-    model = model.model_copy(update={"compute_samples": run.compute})
+    model = model.model_copy(update={"compute_samples": run.compute, "send_samples": run.send})
     return Simulation(run.config, model, run.block_bytes, run.block_server, coalesce=coalesce, seed=seed).run()
 
 

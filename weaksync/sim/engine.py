@@ -30,7 +30,7 @@ from ..core.server import ServerCore
 from ..core.worker import WorkerCore
 from ..report.summary import percentiles
 from ..stragglers.delays import Delayer, StragglerRule, delayer_for
-from .timing import ComputeClock, TimeModel
+from .timing import ComputeClock, SendClock, TimeModel
 
 PULL_BYTES = 16  # a pull's payload: block, want, clock
 
@@ -91,6 +91,7 @@ class Simulation:
         self.reply_delay = _delayers(rules, "server", range(self.s), seed + 1)  # seeds as the runtime's
         self.link_delay = [_delayers(rules, "link", range(self.s), seed, worker=w) for w in range(self.n)]
         self.clocks = [ComputeClock(model, w, seed) for w in range(self.n)]
+        self.send_clocks = [SendClock(model, w, seed) for w in range(self.n)]
         self.stats = [_WorkerStats() for _ in range(self.n)]
         self.computing = [False] * self.n
         self.timer_at: list[float | None] = [None] * self.n
@@ -260,8 +261,16 @@ class Simulation:
         self.at(self.now + took, self.step_done, w)
 
     def step_done(self, w: int) -> None:
-        self.computing[w] = False
+        """Compute is over: the core's step ends, and the messages leave once the worker has sent them."""
         pushes, pulls = self.workers[w].end_step(self.now)
+        sending = self.send_clocks[w].draw()
+        if sending > 0:
+            self.at(self.now + sending, self.sent, w, pushes, pulls)
+        else:
+            self.sent(w, pushes, pulls)
+
+    def sent(self, w: int, pushes: Sequence[act.PushRequest], pulls: Sequence[act.PullRequest]) -> None:
+        self.computing[w] = False
         self.stats[w].wait_from = self.now
         self.send_pushes(w, pushes)
         self.send_pulls(w, pulls)
@@ -324,7 +333,11 @@ class Simulation:
                 }
                 for s, h in enumerate(self.server_hosts)
             },
-            "simulation": {"events": self.processed, "wall_seconds": wall, "model": self.model.model_dump()},
+            "simulation": {
+                "events": self.processed,
+                "wall_seconds": wall,
+                "model": self.model.model_dump(exclude={"compute_samples", "send_samples"}),
+            },
         }
 
 

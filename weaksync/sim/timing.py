@@ -5,7 +5,9 @@ run (`calibrate.py`). Hosts have one NIC each, full duplex: a message leaves its
 bandwidth, crosses the link's latency, and enters its receiver's NIC at the receiver's bandwidth, behind what
 entered before it, so many workers sending to one server at once queue there (incast, fan-in). Each host has
 one CPU for messages: a message costs `message_cpu` plus `byte_cpu` per byte at its receiver, in arrival
-order, before the protocol core sees it.
+order, before the protocol core sees it. A worker's own cost of sending a step (encoding, encrypting and
+handing its pushes to ZeroMQ) sits between the end of its compute and its messages leaving, as in the runtime,
+where the core's step (and `auto`'s measure of compute) ends before it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,17 @@ class TimeModel(BaseModel):
     compute_samples: dict[int, list[float]] | None = Field(
         None, description="per worker, compute times to draw from (a real run's), instead of compute/compute_cv"
     )
+    send_samples: dict[int, list[float]] | None = Field(
+        None, description="per worker, seconds from a step's end to its pushes sent (a real run's); None: at once"
+    )
+
+
+def _samples_of(per_worker: dict[int, list[float]] | None, worker: int) -> np.ndarray | None:
+    """This worker's samples, or another worker's where it has none (a worker of the run that logged no step)."""
+    samples: Sequence[float] | None = None
+    if per_worker:
+        samples = per_worker.get(worker) or next(iter(per_worker.values()))
+    return np.asarray(samples) if samples else None
 
 
 class ComputeClock:
@@ -38,10 +51,7 @@ class ComputeClock:
 
     def __init__(self, model: TimeModel, worker: int, seed: int):
         self.rng = np.random.default_rng([seed, worker])
-        samples: Sequence[float] | None = None
-        if model.compute_samples:
-            samples = model.compute_samples.get(worker) or next(iter(model.compute_samples.values()))
-        self.samples = np.asarray(samples) if samples else None
+        self.samples = _samples_of(model.compute_samples, worker)
         sigma = float(np.sqrt(np.log1p(model.compute_cv**2)))
         self.mu, self.sigma = float(np.log(model.compute) - sigma**2 / 2), sigma  # mean = compute
 
@@ -49,3 +59,14 @@ class ComputeClock:
         if self.samples is not None:
             return float(self.samples[self.rng.integers(len(self.samples))])
         return float(self.rng.lognormal(self.mu, self.sigma)) if self.sigma > 0 else float(np.exp(self.mu))
+
+
+class SendClock:
+    """One worker's cost of sending a step's messages: drawn from a real run's samples, or nothing."""
+
+    def __init__(self, model: TimeModel, worker: int, seed: int):
+        self.rng = np.random.default_rng([seed, worker, 1])  # a stream apart from the compute draws
+        self.samples = _samples_of(model.send_samples, worker)
+
+    def draw(self) -> float:
+        return 0.0 if self.samples is None else float(self.samples[self.rng.integers(len(self.samples))])
