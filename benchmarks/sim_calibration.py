@@ -4,10 +4,11 @@
         --mode partial-pull --mode partial --mode ssp --mode async --mode auto --repeats 1 --out runs/calib
     python benchmarks/sim_calibration.py runs/calib --fit-on none__bsp__0
 
-Each run is simulated from its own config, θ size and measured compute times (weaksync/sim/calibrate.py); the
-cost of a message and of a byte is fitted once, on the `--fit-on` run's p50 wait, and used for all. Prints
-simulated against real steps/s and p50 step time, with the error, as a Markdown table; writes
-BENCH/calibration.json.
+Each run is simulated from its own config, θ size and measured worker times (weaksync/sim/calibrate.py);
+the cost of a message and of a byte is fitted once, on the `--fit-on` run's p50 wait, and used for all. With
+`--shared-cores`, a message's CPU stretches with the processes busy at once (the embedded cluster's runs
+share one machine). Prints simulated against real steps/s and p50 step time, with the error, as a Markdown
+table; writes BENCH/calibration.json.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bench", type=Path, help="a `weaksync bench` results folder")
     parser.add_argument("--fit-on", default="none__bsp__0", help="the run whose p50 wait sets the message cost")
+    parser.add_argument(
+        "--shared-cores", type=int, default=None, help="the runs' processes shared one machine of this many cores"
+    )
     args = parser.parse_args()
-    model = fit_message_cost(load_run(args.bench / args.fit_on), TimeModel())
+    model = fit_message_cost(load_run(args.bench / args.fit_on), TimeModel(shared_cores=args.shared_cores))
     print(
         f"fitted on {args.fit_on}: message_cpu {model.message_cpu * 1e6:.1f} µs, byte_cpu {model.byte_cpu * 1e9:.3f} ns"
     )

@@ -73,6 +73,17 @@ def test_a_workers_send_cost_delays_its_messages_and_is_not_counted_as_compute()
     assert [w.compute for w in sim.workers] == pytest.approx([1e-3, 1e-3])
 
 
+def test_on_a_shared_machine_messages_cost_more_while_workers_compute() -> None:
+    config = load_config(None, {"cluster.workers": 4, "cluster.servers": 1, "train.steps": 30, "sync.mode": "async"})
+    sizes, owners = even_blocks(1000, 1, 1)
+    costly = FREE.model_copy(update={"message_cpu": 1e-3})
+    own = Simulation(config, costly, sizes, owners).run()["step_time"]["p50"]
+    roomy = Simulation(config, costly.model_copy(update={"shared_cores": 64}), sizes, owners).run()
+    crowded = Simulation(config, costly.model_copy(update={"shared_cores": 1}), sizes, owners).run()
+    assert roomy["step_time"]["p50"] == pytest.approx(own)  # more cores than processes: as if each had its own
+    assert crowded["step_time"]["p50"] > 1.25 * own  # 8 ms a step with a CPU per host, 11 ms on one core
+
+
 def test_same_seed_same_run_and_the_straggler_rules_apply() -> None:
     base = {"cluster.workers": 4, "cluster.servers": 2, "train.steps": 40, "sync.mode": "bsp"}
     sizes, owners = even_blocks(600_000, 2, 2)

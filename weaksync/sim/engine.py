@@ -143,10 +143,16 @@ class Simulation:
         self.at(src.nic_out + m.latency, self.arrive, dst, nbytes, deliver, args)
 
     def arrive(self, dst: _Host, nbytes: int, deliver: Callable[..., None], args: tuple) -> None:
-        """The message reaches its receiver: behind what entered its NIC and its CPU before it."""
+        """The message reaches its receiver: behind what entered its NIC and its CPU before it. On a machine
+        shared by every process (`shared_cores`), its CPU cost stretches by the processes that want a core
+        then (the workers computing or sending, and the receiver) over the cores: processor sharing, taken at
+        the message's arrival."""
         m = self.model
         dst.nic_in = max(self.now, dst.nic_in) + nbytes / m.bandwidth
-        dst.cpu = max(dst.nic_in, dst.cpu) + m.message_cpu + nbytes * m.byte_cpu
+        stretch = 1.0
+        if m.shared_cores:
+            stretch = max(1.0, (sum(self.computing) + 1) / m.shared_cores)  # the receiver and the busy workers
+        dst.cpu = max(dst.nic_in, dst.cpu) + (m.message_cpu + nbytes * m.byte_cpu) * stretch
         dst.msgs_in += 1
         dst.bytes_in += nbytes
         self.at(dst.cpu, deliver, *args)

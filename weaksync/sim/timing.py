@@ -33,6 +33,9 @@ class TimeModel(BaseModel):
     compute_samples: dict[int, list[float]] | None = Field(
         None, description="per worker, compute times to draw from (a real run's), instead of compute/compute_cv"
     )
+    shared_cores: int | None = Field(
+        None, ge=1, description="every process on one machine of this many cores: messages' CPU stretches with load"
+    )
     send_samples: dict[int, list[float]] | None = Field(
         None, description="per worker, seconds from a step's end to its pushes sent (a real run's); None: at once"
     )
