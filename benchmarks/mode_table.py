@@ -5,6 +5,7 @@ cancels (each repeat ran every mode back to back).
 
     python benchmarks/mode_table.py runs/<bench> [--scenario none]
     python benchmarks/mode_table.py runs/<bench> --versus-best auto   # auto against the best static mode
+    python benchmarks/mode_table.py runs/<a> runs/<b> --versus-best auto   # several bench folders as one
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from collections import defaultdict
 from pathlib import Path
 
 
-def load(folder: Path) -> dict[tuple[str, str], dict[int, dict]]:
-    """(scenario, mode) -> repeat -> summary.json of that run."""
+def load(*folders: Path) -> dict[tuple[str, str], dict[int, dict]]:
+    """(scenario, mode) -> repeat -> summary.json of that run, over every folder (each scenario in one of them:
+    ratios pair runs of the same repeat, which only one bench run interleaved)."""
     runs: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
-    for summary in sorted(folder.glob("*__*__*/summary.json")):
+    for summary in sorted(s for folder in folders for s in folder.glob("*__*__*/summary.json")):
         scenario, mode, repeat = summary.parent.name.split("__")
         runs[scenario, mode][int(repeat)] = json.loads(summary.read_text())
     return runs
@@ -77,18 +79,19 @@ def _ratio(mine: dict[int, dict], ref: dict[int, dict]) -> str:
 
 
 def versus_best(runs: dict[tuple[str, str], dict[int, dict]], mode: str = "auto") -> str:
-    """One row per scenario: `mode` against the best other mode (lowest median time to target) of the same run.
+    """One row per scenario: `mode` against the best other weaksync mode (lowest median time to target) of the
+    same run; PyTorch DDP, the bench's outside baseline, has a column of its own.
 
     The ratio is the median over repeats of mode's time ÷ that best mode's time in the same repeat; a mode
     that missed the target in a repeat counts as not reached (no ratio)."""
     rows = [
         f"| scenario | best other mode | its time (s) | {mode} time (s) | {mode} ÷ best (median of per-repeat) "
-        f"| {mode} ÷ bsp | {mode} final − best's final (pt) | {mode}'s final k / b |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| {mode} ÷ bsp | {mode} ÷ DDP | {mode} final − best's final (pt) | {mode}'s final k / b |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for scenario in sorted({s for s, _ in runs}):
         mine = runs.get((scenario, mode))
-        others = {m: r for (s, m), r in runs.items() if s == scenario and m != mode}
+        others = {m: r for (s, m), r in runs.items() if s == scenario and m not in (mode, "ddp")}
         if not mine or not others:
             continue
 
@@ -101,18 +104,19 @@ def versus_best(runs: dict[tuple[str, str], dict[int, dict]], mode: str = "auto"
         rows.append(
             f"| {scenario} | {best} | {_fmt(_median_time(others[best]))} | {_fmt(_median_time(mine))} "
             f"| {_ratio(mine, others[best])} | {_ratio(mine, runs.get((scenario, 'bsp'), {}))} "
-            f"| {(finals - best_final) * 100:+.1f} | {'/'.join(map(str, ks))} / {'/'.join(map(str, bs))} |"
+            f"| {_ratio(mine, runs.get((scenario, 'ddp'), {}))} | {(finals - best_final) * 100:+.1f} "
+            f"| {'/'.join(map(str, ks))} / {'/'.join(map(str, bs))} |"
         )
     return "\n".join(rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path)
+    parser.add_argument("folders", type=Path, nargs="+", help="bench results folders, read as one")
     parser.add_argument("--scenario", action="append", help="default: every scenario in the folder")
     parser.add_argument("--versus-best", metavar="MODE", help="one row per scenario: MODE against the best other")
     args = parser.parse_args()
-    runs = load(args.folder)
+    runs = load(*args.folders)
     if args.versus_best:
         print(versus_best(runs, args.versus_best))
         return
