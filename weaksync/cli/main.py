@@ -223,7 +223,7 @@ def simulate(
     coalesce: bool | None = typer.Option(
         None, help="one push, pull and reply message per server, or one per block (default: the config's, coalesced)"
     ),
-    calibrate: Path | None = typer.Option(None, help="predict this real run: its config, size and compute times"),
+    calibrate: Path | None = typer.Option(None, help="predict this real run: its config, size, compute and send times"),
     fit: bool = typer.Option(False, help="with --calibrate: fit the per-message cost to this run's p50 wait"),
     seed: int = typer.Option(0),
     set_: list[str] = typer.Option([], "--set", help="config fields, and time model fields as time.FIELD=value"),
