@@ -13,7 +13,7 @@ from weaksync.config import OptimSection, load_config
 from weaksync.core import Accept, Apply
 from weaksync.runtime.blockstore import BlockStore
 from weaksync.runtime.flat import block_values, model_layout
-from weaksync.training.optim import lr_function, lr_scale, optimizer_factory
+from weaksync.training.optim import lr_function, lr_scale, optimizer_factory, switch_ramp
 
 
 def test_the_default_rule_is_auto() -> None:
@@ -82,3 +82,13 @@ def test_the_server_steps_a_full_backup_quorum_with_the_configured_lr() -> None:
 
 def test_the_server_steps_one_async_gradient_with_lr_over_n() -> None:
     assert one_update("auto", contributors=1, num_workers=4, quorum=1) == pytest.approx(0.025)
+
+
+def test_after_the_synchronous_warm_up_the_lr_climbs_back_over_as_many_steps() -> None:
+    """ssp/async switched at step 32: the LR restarts at 1/32 of its value and is whole again at step 63."""
+    assert [switch_ramp(s, 32) for s in (0, 31)] == [1.0, 1.0]  # the warm-up itself runs as bsp
+    assert switch_ramp(32, 32) == pytest.approx(1 / 32) and switch_ramp(47, 32) == pytest.approx(0.5)
+    assert switch_ramp(63, 32) == 1.0 and switch_ramp(500, 32) == 1.0
+    assert all(switch_ramp(s, 0) == 1.0 for s in range(5))  # no warm-up, no ramp
+    cfg = OptimSection(name="sgd", lr=0.1, schedule="constant")
+    assert lr_function(cfg, 100, 4, 1, 32)(40, 1) == pytest.approx(0.1 / 4 * 9 / 32)

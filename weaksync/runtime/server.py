@@ -117,7 +117,7 @@ class Server:
             spec.rank,
             initial,
             optimizer_factory(cfg.optim),
-            lr_function(cfg.optim, cfg.train.steps, cfg.cluster.workers, self.policy.k),
+            lr_function(cfg.optim, cfg.train.steps, cfg.cluster.workers, self.policy.k, self.policy.sync_warmup),
             momentum_function(cfg.optim, self.policy.k),
         )
         self.log = EventLog(spec.path / "events" / f"{spec.name}.jsonl")
