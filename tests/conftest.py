@@ -81,3 +81,19 @@ def trained_checkpoint(run_dir: Path, server: int = 0) -> bool:
 def only_run_dir(parent: Path) -> Path:
     dirs = [d for d in parent.iterdir() if d.is_dir()] if parent.exists() else []
     return dirs[0] if len(dirs) == 1 else Path("/nonexistent")
+
+
+def linear_store(cfg: Any, inputs: int, num_workers: int, quorum: int, clip: float | None = None) -> Any:
+    """One server's BlockStore for a bias-free `nn.Linear(inputs, 1)` in one block: the smallest θ on
+    which a test can read an update's step directly."""
+    from torch import nn
+
+    from weaksync.runtime.blockstore import BlockStore
+    from weaksync.runtime.flat import block_values, model_layout
+    from weaksync.training.optim import lr_function, optimizer_factory
+
+    model = nn.Linear(inputs, 1, bias=False)
+    layout = model_layout(model, 1, 1)
+    initial = block_values(model, layout, layout.blocks_of(0))
+    lr = lr_function(cfg, 10, num_workers, quorum)
+    return BlockStore(layout, 0, initial, optimizer_factory(cfg), lr, clip=clip)

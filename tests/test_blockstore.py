@@ -4,6 +4,7 @@ copies of its share (values, accumulator, momentum), not four."""
 from __future__ import annotations
 
 import torch
+from conftest import linear_store
 from torch import nn
 
 from weaksync.config import OptimSection
@@ -75,3 +76,23 @@ def test_a_restored_store_steps_exactly_as_the_one_it_was_saved_from() -> None:
         step_all(copy, version)
     for j in bs.blocks:
         assert torch.equal(bs.snapshot(j), copy.snapshot(j))
+
+
+def test_an_oversized_stale_gradient_is_clipped_to_twice_the_recent_norm() -> None:
+    """ssp/async servers clip a block's gradient at `clip` × the moving average of its recent norms: ordinary
+    steps pass untouched, a tenfold one moves θ as far as a twofold one, and the count is reported."""
+    cfg = OptimSection(name="sgd", lr=0.1, momentum=0.0, weight_decay=0.0, schedule="constant")
+    bs = linear_store(cfg, 4, 1, 1, clip=2.0)
+
+    def step(version: int, grad: float) -> torch.Tensor:
+        before = bs.snapshot(0).clone()
+        bs.accept(Accept(0, 0, version - 1, version - 1, 1.0), torch.full((4,), grad))
+        bs.apply(Apply(0, version, ((0, version - 1, 1.0),), version, False))
+        return before - bs.snapshot(0)
+
+    for v in range(1, 6):
+        assert torch.allclose(step(v, 1.0), torch.full((4,), 0.1))  # the reference: norm 2, untouched
+    assert bs.clipped == 0
+    assert torch.allclose(step(6, 10.0), torch.full((4,), 0.2))  # clipped to 2 × norm 2
+    assert bs.clipped == 1
+    assert torch.allclose(step(7, 1.5), torch.full((4,), 0.15))  # within the bound again: untouched

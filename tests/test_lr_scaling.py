@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import linear_store
 from hypothesis import given
 from hypothesis import strategies as st
-from torch import nn
 
 from weaksync.config import OptimSection, load_config
 from weaksync.core import Accept, Apply
-from weaksync.runtime.blockstore import BlockStore
-from weaksync.runtime.flat import block_values, model_layout
-from weaksync.training.optim import lr_function, lr_scale, optimizer_factory, switch_ramp
+from weaksync.training.optim import lr_scale
 
 
 def test_the_default_rule_is_auto() -> None:
@@ -59,15 +57,7 @@ def test_config_names_the_choices_on_a_bad_rule() -> None:
 def one_update(rule: str, contributors: int, num_workers: int, quorum: int) -> float:
     """The step a BlockStore takes on a one-parameter model, gradient 1, plain SGD at lr 0.1."""
     cfg = OptimSection(name="sgd", lr=0.1, momentum=0.0, weight_decay=0.0, schedule="constant", lr_scaling=rule)
-    model = nn.Linear(1, 1, bias=False)
-    layout = model_layout(model, 1, 1)
-    store = BlockStore(
-        layout,
-        0,
-        block_values(model, layout, layout.blocks_of(0)),
-        optimizer_factory(cfg),
-        lr_function(cfg, 10, num_workers, quorum),
-    )
+    store = linear_store(cfg, 1, num_workers, quorum)
     before = store.snapshot(0).clone()
     for w in range(contributors):
         store.accept(Accept(w, 0, 0, 0, 1.0), torch.ones(1))
@@ -82,13 +72,3 @@ def test_the_server_steps_a_full_backup_quorum_with_the_configured_lr() -> None:
 
 def test_the_server_steps_one_async_gradient_with_lr_over_n() -> None:
     assert one_update("auto", contributors=1, num_workers=4, quorum=1) == pytest.approx(0.025)
-
-
-def test_after_the_synchronous_warm_up_the_lr_climbs_back_over_as_many_steps() -> None:
-    """ssp/async switched at step 32: the LR restarts at 1/32 of its value and is whole again at step 63."""
-    assert [switch_ramp(s, 32) for s in (0, 31)] == [1.0, 1.0]  # the warm-up itself runs as bsp
-    assert switch_ramp(32, 32) == pytest.approx(1 / 32) and switch_ramp(47, 32) == pytest.approx(0.5)
-    assert switch_ramp(63, 32) == 1.0 and switch_ramp(500, 32) == 1.0
-    assert all(switch_ramp(s, 0) == 1.0 for s in range(5))  # no warm-up, no ramp
-    cfg = OptimSection(name="sgd", lr=0.1, schedule="constant")
-    assert lr_function(cfg, 100, 4, 1, 32)(40, 1) == pytest.approx(0.1 / 4 * 9 / 32)

@@ -19,6 +19,9 @@ LRFunction = Callable[[int, int, int | None], float]  # (worker step, contributo
 MomentumFunction = Callable[[float], tuple[float, float]]  # staleness of accepted gradients -> (momentum, LR factor)
 
 
+GRAD_NORM_SMOOTHING = 0.02  # weight of the newest update's gradient norm in a block's moving average
+
+
 class BlockStore:
     """One server's share of θ. Parameter slots are stepped by the optimizer with the averaged gradient;
     buffer slots (BatchNorm statistics) are set to the average of the contributed values."""
@@ -31,6 +34,7 @@ class BlockStore:
         make_optimizer: OptimizerFactory,
         lr_at: LRFunction,
         momentum_at: MomentumFunction | None = None,
+        clip: float | None = None,
     ):
         self.blocks: dict[int, Block] = {b.index: b for b in layout.blocks_of(server)}
         self.values: dict[int, torch.Tensor] = {}
@@ -40,6 +44,9 @@ class BlockStore:
         self.weight_sum: dict[int, float] = {}
         self.lr_at = lr_at
         self.momentum_at = momentum_at
+        self.clip = clip
+        self.grad_norm: dict[int, float] = {}  # moving average of each block's (clipped) gradient norm
+        self.clipped = 0
         for j, block in self.blocks.items():
             values = initial[j]  # taken over, not copied: the caller hands fresh tensors
             self.values[j] = values
@@ -70,6 +77,8 @@ class BlockStore:
             param, opt = self.params[j], self.optimizers[j]
             param.data = values[:n]  # the optimizer keys its state by the Parameter object, not its storage
             param.grad = acc[:n]
+            if self.clip is not None:
+                self._clip(j, param.grad)
             for group in opt.param_groups:
                 step = action.step if progress is None else progress
                 group["lr"] = self.lr_at(step, len(action.contributors), action.quorum)
@@ -83,6 +92,19 @@ class BlockStore:
         acc.zero_()
         self.weight_sum[j] = 0.0
         self.values[j] = values
+
+    def _clip(self, j: int, grad: torch.Tensor) -> None:
+        """Scale a gradient whose norm exceeds `clip` × the block's moving average of norms down to that bound.
+        Once a model is sharp, one oversized stale step starts a run-away (each worse gradient, applied
+        late, makes the next bigger); bounding the step relative to recent ones stops it without touching
+        ordinary steps (adaptive clipping, as Brock et al. 2021 bound updates relative to a reference)."""
+        norm = float(grad.norm())
+        ref = self.grad_norm.get(j)
+        if ref is not None and norm > self.clip * ref > 0:
+            grad.mul_(self.clip * ref / norm)
+            norm = self.clip * ref
+            self.clipped += 1
+        self.grad_norm[j] = norm if ref is None else ref + GRAD_NORM_SMOOTHING * (norm - ref)
 
     def state(self) -> dict:
         """Values and optimizer state of every block, by reference: serialise it before the next update

@@ -61,6 +61,7 @@ from .spec import (
     watch_parent,
 )
 
+STALE_GRADIENT_CLIP = 2.0  # ssp/async: a block's gradient is clipped at this × its moving-average norm
 HANDSHAKE_FAILURES = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
@@ -117,8 +118,9 @@ class Server:
             spec.rank,
             initial,
             optimizer_factory(cfg.optim),
-            lr_function(cfg.optim, cfg.train.steps, cfg.cluster.workers, self.policy.k, self.policy.sync_warmup),
+            lr_function(cfg.optim, cfg.train.steps, cfg.cluster.workers, self.policy.k),
             momentum_function(cfg.optim, self.policy.k),
+            STALE_GRADIENT_CLIP if self.policy.k == 1 < self.policy.num_workers else None,  # ssp, async
         )
         self.log = EventLog(spec.path / "events" / f"{spec.name}.jsonl")
         self.bad_messages: Counter[str] = Counter()
@@ -454,6 +456,7 @@ class Server:
             "versions": {j: self.core.version(j) for j in self.blockstore.blocks},
             "updates": self.core.updates,
             "folded_pushes": self.core.folded,
+            "clipped_updates": self.blockstore.clipped,
             "k": self.core.k,
             "gradients_applied": self.core.gradients_applied,
             "accepted": sum(self.core.accepted.values()),

@@ -26,25 +26,10 @@ def optimizer_factory(cfg: OptimSection):
     return partial(make_optimizer, cfg)
 
 
-def lr_function(cfg: OptimSection, total_steps: int, num_workers: int, quorum: int, switch_at: int = 0):
+def lr_function(cfg: OptimSection, total_steps: int, num_workers: int, quorum: int):
     """LR of one update: the schedule at the contributors' step, times the scale `lr_scale` gives an update
-    that averaged m gradients (the update stands for m·batch samples), times `switch_ramp` after a
-    synchronous warm-up of `switch_at` steps."""
-    return partial(_update_lr, cfg, total_steps, num_workers, quorum, switch_at)
-
-
-def switch_ramp(step: int, switch_at: int) -> float:
-    """The LR factor once ssp/async leave their synchronous warm-up at step `switch_at`: it climbs linearly
-    from 1/switch_at back to 1 over as many steps as the warm-up took (1 without a warm-up).
-
-    bsp trains the model to the sharpness its own LR just tolerates; stale gradients at the same rate are
-    unstable there (the stable LR of SGD with a delay of τ updates falls roughly as 1/(2τ+1)). Switched at
-    full rate, every digits BatchNorm CNN run lost its accuracy (0.96 to 0.1-0.4 within a few steps, training
-    loss 0.01 to 3-9) and one CI run never recovered; a ramp lets the model reach a flatter region
-    gradually, as the LR warm-up of large-batch training does (Goyal et al. 2017)."""
-    if switch_at <= 0 or step < switch_at:
-        return 1.0
-    return min(1.0, (step - switch_at + 1) / switch_at)
+    that averaged m gradients (the update stands for m·batch samples)."""
+    return partial(_update_lr, cfg, total_steps, num_workers, quorum)
 
 
 def lr_scale(rule: str, contributors: int, num_workers: int, quorum: int) -> float:
@@ -92,11 +77,8 @@ def corrected_momentum(momentum: float, staleness: float) -> tuple[float, float]
 
 
 def momentum_into_lr(momentum: float, staleness: float) -> tuple[float, float]:
-    """(0, 1/((1 - μ)(1 + s))) while the accepted gradients are s versions old on average: plain SGD, each
-    gradient moving θ as far as heavy-ball momentum would in the end (lr/(1 - μ)), divided by 1 + s as in
-    staleness-aware async SGD (Zhang et al. 2016). Without the division, digits' BatchNorm CNN lost its
-    accuracy at the end of the synchronous warm-up in every run (0.96 to 0.1-0.4; one CI run ended at 0.10);
-    with it and `switch_ramp`, 8 of 8 ssp/async runs ended at 0.978-0.986 without a dip.
+    """(0, 1/(1 - μ)) while the accepted gradients are stale: plain SGD, each gradient moving θ as far as
+    heavy-ball momentum would in the end (lr/(1 - μ)).
 
     For ssp and async, where every gradient is a few versions old by design. Measured on ResNet-20 (N = 4,
     s ≈ 3, docs/results.md): momentum 0.9 ended at 0.23, Mitliagkas's 0.6 at 0.34 (0.35 with the LR scaled
@@ -104,7 +86,7 @@ def momentum_into_lr(momentum: float, staleness: float) -> tuple[float, float]:
     into a momentum buffer keep pushing in a direction θ has already left."""
     if staleness <= 0:
         return momentum, 1.0
-    return 0.0, 1.0 / (1.0 - momentum) / (1.0 + staleness)
+    return 0.0, 1.0 / (1.0 - momentum)
 
 
 def _update_lr(
@@ -112,7 +94,6 @@ def _update_lr(
     total_steps: int,
     num_workers: int,
     quorum: int,
-    switch_at: int,
     step: int,
     contributors: int,
     in_force: int | None = None,
@@ -127,5 +108,4 @@ def _update_lr(
         step_size=cfg.step_size,
         gamma=cfg.gamma,
     )
-    scale = lr_scale(cfg.lr_scaling, contributors, num_workers, quorum if in_force is None else in_force)
-    return lr * scale * switch_ramp(step, switch_at)
+    return lr * lr_scale(cfg.lr_scaling, contributors, num_workers, quorum if in_force is None else in_force)
