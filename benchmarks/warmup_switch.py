@@ -10,17 +10,11 @@ switch shows here), and the curve. Results: docs/results.md, "`ssp` and `async` 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 from weaksync.config import load_config
 from weaksync.runtime.launcher import run_local
-
-
-def curve(run_dir: Path) -> list[float]:
-    with (run_dir / "events" / "evaluator.jsonl").open() as f:
-        return [e["metrics"]["accuracy"] for e in map(json.loads, f) if e.get("ev") == "eval"]
 
 
 def fall_after_peak(accuracies: list[float], peak: float = 0.9) -> float | None:
@@ -48,7 +42,7 @@ def main() -> None:
             **extra,
         }
         result = run_local(load_config(None, overrides))
-        acc = curve(result.run_dir)
+        acc = [value for _, value in result.summary["accuracy_curve"]]
         low = fall_after_peak(acc)
         print(
             f"seed {seed}: final {result.summary['final_accuracy']:.3f}, lowest after 0.9: "

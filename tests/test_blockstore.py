@@ -96,3 +96,22 @@ def test_an_oversized_stale_gradient_is_clipped_to_twice_the_recent_norm() -> No
     assert torch.allclose(step(6, 10.0), torch.full((4,), 0.2))  # clipped to 2 × norm 2
     assert bs.clipped == 1
     assert torch.allclose(step(7, 1.5), torch.full((4,), 0.15))  # within the bound again: untouched
+
+
+def test_a_restored_store_clips_as_the_one_it_was_saved_from() -> None:
+    """The clip's reference norms travel in the checkpoint: after a restore the same oversized gradient is
+    clipped to the same step (a fresh reference would take it whole)."""
+    cfg = OptimSection(name="sgd", lr=0.1, momentum=0.0, weight_decay=0.0, schedule="constant")
+    saved, restored = linear_store(cfg, 4, 1, 1, clip=2.0), linear_store(cfg, 4, 1, 1, clip=2.0)
+
+    def step(bs: BlockStore, version: int, grad: float) -> None:
+        bs.accept(Accept(0, 0, version - 1, version - 1, 1.0), torch.full((4,), grad))
+        bs.apply(Apply(0, version, ((0, version - 1, 1.0),), version, False))
+
+    for v in range(1, 4):
+        step(saved, v, 1.0)
+    restored.load(saved.state())
+    step(saved, 4, 10.0)
+    step(restored, 4, 10.0)
+    assert saved.clipped == restored.clipped == 1
+    assert torch.equal(saved.snapshot(0), restored.snapshot(0))

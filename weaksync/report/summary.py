@@ -48,7 +48,7 @@ def _gradient_use(workers: list[dict[str, Any]], servers: list[dict[str, Any]]) 
         "computed": computed,
         "applied": applied,
         "folded": sum(s.get("folded_pushes", 0) for s in servers),
-        "clipped": sum(s.get("clipped_updates", 0) for s in servers),  # ssp/async: clipped at 2x the recent norm
+        "clipped": sum(s.get("clipped_updates", 0) for s in servers),  # ssp/async (optim.gradient_clip)
         "used_share": applied / computed if computed else None,
     }
 

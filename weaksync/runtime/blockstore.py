@@ -112,10 +112,12 @@ class BlockStore:
         return {
             "values": dict(self.values),
             "optimizers": {j: opt.state_dict() for j, opt in self.optimizers.items()},
+            "grad_norm": dict(self.grad_norm),  # the clip's reference, so a restored server clips alike
         }
 
     def load(self, state: dict) -> None:
-        """Take over a checkpoint's values and optimizer state."""
+        """Take over a checkpoint's values, optimizer state and clip reference (absent in older checkpoints)."""
+        self.grad_norm = dict(state.get("grad_norm", {}))
         for j, values in state["values"].items():
             if values.numel() != self.blocks[j].size:
                 raise ValueError(f"checkpoint block {j} has {values.numel()} values, the layout {self.blocks[j].size}")

@@ -26,7 +26,7 @@ from ..core.server import ServerCore
 from ..records.eventlog import EventLog, log_new_choices
 from ..records.files import write_atomically, write_json
 from ..stragglers.delays import delayer_for
-from ..training.optim import lr_function, momentum_function, optimizer_factory
+from ..training.optim import gradient_clip, lr_function, momentum_function, optimizer_factory
 from ..training.workload import seed_model_init
 from ..transport.messages import (
     BadMessage,
@@ -61,7 +61,6 @@ from .spec import (
     watch_parent,
 )
 
-STALE_GRADIENT_CLIP = 2.0  # ssp/async: a block's gradient is clipped at this × its moving-average norm
 HANDSHAKE_FAILURES = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
@@ -120,7 +119,7 @@ class Server:
             optimizer_factory(cfg.optim),
             lr_function(cfg.optim, cfg.train.steps, cfg.cluster.workers, self.policy.k),
             momentum_function(cfg.optim, self.policy.k),
-            STALE_GRADIENT_CLIP if self.policy.k == 1 < self.policy.num_workers else None,  # ssp, async
+            gradient_clip(self.policy.k, self.policy.num_workers),
         )
         self.log = EventLog(spec.path / "events" / f"{spec.name}.jsonl")
         self.bad_messages: Counter[str] = Counter()

@@ -66,6 +66,16 @@ def momentum_function(cfg: OptimSection, quorum: int) -> Callable[[float], tuple
     return partial(corrected_momentum, cfg.momentum)
 
 
+STALE_GRADIENT_CLIP = 2.0  # ssp/async: a block's gradient is clipped at this × its moving-average norm
+
+
+def gradient_clip(quorum: int, num_workers: int) -> float | None:
+    """The servers' clip bound (× a block's recent gradient norm), or None: only where every gradient is an
+    update and stale by design (k = 1 of several workers: ssp, async), whose switch out of the synchronous
+    warm-up can run away (docs/results.md, "`ssp` and `async` at the end of their warm-up")."""
+    return STALE_GRADIENT_CLIP if quorum == 1 < num_workers else None
+
+
 def corrected_momentum(momentum: float, staleness: float) -> tuple[float, float]:
     """(μ', 1) once asynchrony adds momentum of its own (Mitliagkas et al. 2016, "Asynchrony begets
     momentum"): gradients s versions old act like momentum s/(1+s) on top of the optimizer's. Choosing μ' so
