@@ -82,7 +82,7 @@ def test_killed_worker_stops_the_run_with_a_clear_message(tmp_path: Path) -> Non
 
 
 def test_killed_worker_with_continue_lets_the_others_finish(tmp_path: Path) -> None:
-    steps = 250
+    steps = 150
     proc = weaksync_cli(
         "train",
         "--steps",

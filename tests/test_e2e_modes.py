@@ -39,7 +39,9 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_mode_trains_and_obeys_thresholds(tmp_path: Path, mode: str) -> None:
-    result = run_local(small_config(tmp_path, **{"sync.mode": mode, "model.name": "digits-cnn-bn"}))
+    """One run per mode carries every check of that mode; async's run also evaluates after training."""
+    deferred = {"train.eval_live": False, "train.eval_interval": 0.2} if mode == "async" else {}
+    result = run_local(small_config(tmp_path, **{"sync.mode": mode, "model.name": "digits-cnn-bn", **deferred}))
     s, run_dir = result.summary, result.run_dir
     assert s["final_accuracy"] >= 0.8, s["final_accuracy"]
     model = build_model("digits-cnn-bn", 10, 1, 8)
@@ -91,6 +93,19 @@ def test_mode_trains_and_obeys_thresholds(tmp_path: Path, mode: str) -> None:
     if mode == "bsp":
         steps = [e for e in events(run_dir, "worker-0") if e["ev"] == "step"]
         assert all(e["versions"] == [e["step"]] * s["num_blocks"] for e in steps)
+    if deferred:
+        check_deferred_evaluation(s, run_dir)
+
+
+def check_deferred_evaluation(s: dict, run_dir: Path) -> None:
+    """With train.eval_live off, snapshots are taken during training and evaluated after the last worker ended,
+    stamped with the time they were taken."""
+    last_end = max(e["t"] for w in range(4) for e in events(run_dir, f"worker-{w}") if e["ev"] == "end")
+    evals = [e for e in events(run_dir, "evaluator") if e["ev"] == "eval"]
+    assert len(evals) >= 3 and evals[-1]["final"]
+    assert all(e["t_done"] > last_end for e in evals), "a snapshot was evaluated while training ran"
+    assert any(e["t"] < last_end for e in evals), "no snapshot was taken during training"
+    assert s["evaluations"] == len(evals)
 
 
 def test_auto_sheds_a_slow_worker_and_says_why(tmp_path: Path) -> None:
@@ -103,17 +118,3 @@ def test_auto_sheds_a_slow_worker_and_says_why(tmp_path: Path) -> None:
     assert {c["who"] for c in servers} == {"server-0", "server-1"}
     assert all(c["value"] < c["previous"] and "beats k=4" in c["reason"] for c in servers[:2])
     assert all(0 <= c["t"] <= s["train_seconds"] for c in s["quorums"]["changes"])
-
-
-def test_deferred_evaluation_measures_after_training(tmp_path: Path) -> None:
-    """With train.eval_live off, snapshots are taken during training and evaluated after the last worker ended,
-    stamped with the time they were taken."""
-    cfg = small_config(tmp_path, **{"sync.mode": "async", "train.eval_live": False, "train.eval_interval": 0.2})
-    result = run_local(cfg)
-    s, run_dir = result.summary, result.run_dir
-    last_end = max(e["t"] for w in range(4) for e in events(run_dir, f"worker-{w}") if e["ev"] == "end")
-    evals = [e for e in events(run_dir, "evaluator") if e["ev"] == "eval"]
-    assert len(evals) >= 3 and evals[-1]["final"]
-    assert all(e["t_done"] > last_end for e in evals), "a snapshot was evaluated while training ran"
-    assert any(e["t"] < last_end for e in evals), "no snapshot was taken during training"
-    assert s["final_accuracy"] >= 0.8 and s["evaluations"] == len(evals)

@@ -20,7 +20,7 @@ from weaksync.runtime.spec import checkpoint_file
 
 pytestmark = pytest.mark.e2e
 
-STEPS = 400  # per worker: the stopped run is cut at about a third of it
+STEPS = 300  # per worker: the stopped run is cut at about a third of it
 
 
 def _kill_a_server_and_a_worker(proc, run_dir: Path) -> float:
