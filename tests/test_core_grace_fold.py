@@ -84,6 +84,27 @@ def test_only_the_blocks_that_usually_come_soon_are_waited_for() -> None:
     assert core.ready(1.01)  # block 3 in; block 2 is not waited for
 
 
+def test_auto_once_it_lowered_b_waits_the_grace_for_blocks_that_come_soon() -> None:
+    """A slow server's blocks were the b-th to arrive; without the grace, a step began as soon as they came and
+    computed on the fast server's previous version (slow-server: auto's time to 95 % 1.51x partial-pull's,
+    1.14x with it, docs/results.md)."""
+    core = started(WorkerCore(0, make_policy("auto", 2, 4)))
+    step(core, 0.0, took=0.1)
+    core.b = 2  # as the tuner sets it
+    core.on_block(1, 1, 1.0)
+    core.on_block(3, 1, 1.0)  # b = 2 fresh ...
+    assert core.awaited() == {0, 2} and not core.ready(1.0)  # ... the others usually come soon: wait
+    core.on_block(0, 1, 1.01)
+    core.on_block(2, 1, 1.01)
+    assert core.ready(1.01)
+
+
+def test_auto_servers_do_not_wait_a_grace_their_cut_decides() -> None:
+    core = ServerCore(make_policy("auto", 3, 1), [0])
+    core.period = 1.0
+    assert core.policy.grace == 0.5 and core.grace() == 0.0
+
+
 # -- server: grace ---------------------------------------------------------------------------------------
 
 

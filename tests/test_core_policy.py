@@ -18,7 +18,7 @@ def test_modes_are_the_design_table() -> None:
 
 def test_auto_starts_as_bsp_and_takes_k_and_b_as_its_lowest_quorums() -> None:
     p = make_policy("auto", 4, 6)
-    assert (p.k, p.b, p.tau, p.auto, p.k_min, p.b_min, p.grace) == (4, 6, 1, True, 1, 1, None)
+    assert (p.k, p.b, p.tau, p.auto, p.k_min, p.b_min, p.grace) == (4, 6, 1, True, 1, 1, 0.5)
     p = make_policy("auto", 8, 6, k=0.5, b=2)
     assert (p.k, p.b, p.k_min, p.b_min) == (8, 6, 4, 2)
     with pytest.raises(ValueError, match="auto needs tau >= 1"):

@@ -167,7 +167,9 @@ def make_policy(
     if tau is not None:
         preset["tau"] = tau
     partial_quorum = preset["k"] < n or preset["b"] < nb  # grace only where a quorum can close early
-    preset["grace"] = grace if partial_quorum and mode in GRACE_MODES else None
+    # auto's quorums close early once it lowers them: its workers wait the grace as partial-pull's do (its
+    # servers have the cut instead, ServerCore.grace)
+    preset["grace"] = grace if (partial_quorum and mode in GRACE_MODES) or mode == "auto" else None
     return SyncPolicy(
         mode=mode,
         num_workers=n,

@@ -162,8 +162,9 @@ class ServerCore:
         At most `policy.grace` × the round period; and only if, in most recent rounds, the last worker's
         gradient came within that much after the k-th (its lateness is measured even when the round did not
         wait for it, from its gradient for that round arriving later). A worker that is persistently slow thus
-        costs nothing per round, and one that recovers is waited for again."""
-        if self.policy.grace is None or self.period is None:
+        costs nothing per round, and one that recovers is waited for again. Not under auto: its cut decides
+        within each round whether the next gradient is worth waiting for."""
+        if self.policy.grace is None or self.policy.auto or self.period is None:
             return 0.0
         cap = self.policy.grace * self.period
         if not self.late_after_quorum:
