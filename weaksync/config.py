@@ -82,8 +82,9 @@ class SyncSection(_Section):
         DEFAULT_GRACE,
         gt=0,
         le=1,
-        description="backup/partial-pull/partial: once k gradients (b blocks) are in, wait up to this fraction of a "
-        "round (of a step's compute) for the rest, while they usually come that soon; null: close at exactly k and b",
+        description="backup/partial-pull/partial (and auto's workers): once k gradients (b blocks) are in, wait up to "
+        "this fraction of a round (of a step's compute) for the rest, while they usually come that soon; null: close "
+        "at exactly k and b",
     )
     sync_warmup: float = Field(
         DEFAULT_SYNC_WARMUP,

@@ -42,7 +42,8 @@ class SyncPolicy:
       remaining live workers' gradients, and the worker for the remaining blocks, when these usually come
       that soon: at most `grace` × the typical round period (server) or compute time (worker). When nothing
       is slow the update then holds every gradient and the step every fresh block (as bsp); when something
-      is, the late ones are not waited for (as k and b say). None: close at exactly k and b.
+      is, the late ones are not waited for (as k and b say). None: close at exactly k and b. Under auto only
+      the workers wait it (once b < B); its servers' cut decides instead.
     sync_warmup: the first `sync_warmup` versions of every block are made as bsp makes them (k = every live
       worker, τ = 0, pulls answered only once the block advanced), then the mode's own rules apply
       (Sync-Switch, Li et al. ICDCS 2021). Stale gradients early in training, when gradients are large and
