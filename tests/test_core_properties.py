@@ -265,3 +265,17 @@ def test_ssp_with_a_quorum_above_one_is_refused() -> None:
     wait for it); DESIGN.md's ssp has k = 1 and the policy refuses anything else."""
     with pytest.raises(ValueError, match="ssp applies every gradient on arrival"):
         make_policy("ssp", 2, 3, k=2, b=1, ssp_slack=0)
+
+
+def test_ssp_does_not_hold_a_pull_that_the_synchronous_warm_up_waits_for() -> None:
+    """Found by the property above (a fresh clone's run, 2026-12-07). A pull deadline let worker 2 step ahead on
+    a stale block during the warm-up, where its stale gradient is dropped (τ = 0). SSP (slack 0) then held its
+    pull, since it was a step ahead of worker 1; but worker 1 waited for the next version, which the warm-up
+    makes only with every live worker's fresh gradient, worker 2's included: a deadlock. So a worker has no pull
+    deadline while a block it holds is in the warm-up (a step on it would be dropped anyway)."""
+    policy = SyncPolicy(
+        mode="ssp", num_workers=5, num_blocks=3, k=1, b=3, tau=None, pull_deadline=1.0, ssp_slack=0,
+        fold_repeats=False, sync_warmup=3,
+    )  # fmt: skip
+    stops = {0: Stop(after=0, how="crash", restart=False)}
+    Scenario(policy, num_servers=2, steps=6, seed=8155, split_steps=True, stops=stops).run()

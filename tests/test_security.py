@@ -47,7 +47,9 @@ def _attack(run_dir: Path, keys: RunKeys, replies: list[str]) -> None:
         (b"launcher", real, Stop()),  # worker 1 posing as the launcher
         (b"evaluator", real, Peek((0,))),  # ... as the evaluator: θ through the back door
         (b"x1", real, Push(0, 0, (0,), (0,), (grad,))),  # ... pushing as worker 0
-        (b"w0", real, Hello(0, "0" * 16, pid=1)),  # ... registering as worker 0, under worker 0's name
+        # ... registering as worker 0 (under a free name: once worker 0 is connected, ZeroMQ drops a second
+        # connection named w0 before the server sees it, the last attempt below, so the claim would go uncounted)
+        (b"x3", real, Hello(0, "0" * 16, pid=1)),
         (b"x2", real, Pull(0, 0, (0,), (-1,))),  # ... asking for worker 0's replies
         (b"w0", real, Pull(1, 0, (0,), (-1,))),  # a second connection under a name in use: refused by ZeroMQ
     ]

@@ -193,7 +193,12 @@ class WorkerCore:
         return self._could_start() + self.grace()
 
     def _pull_deadline(self) -> float | None:
+        """None during the synchronous warm-up (a block this worker holds is below `sync_warmup`): a step on a
+        block that has not advanced computes a gradient the warm-up's τ = 0 drops, and it puts the worker a step
+        ahead, where SSP may hold the very pull whose answer the warm-up's next version waits for."""
         if self.policy.pull_deadline is None or self.wait_started is None:
+            return None
+        if min(self.versions) < self.policy.sync_warmup:
             return None
         return self.wait_started + self.policy.pull_deadline
 
