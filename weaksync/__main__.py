@@ -8,14 +8,8 @@ import signal
 import sys
 import time
 
-LOCAL_RUN_COMMANDS = ("train", "run", "bench")  # the commands that start processes from the forkserver
-
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] in LOCAL_RUN_COMMANDS:
-        from .runtime.forkserver import start_early
-
-        start_early()  # its torch import runs beside ours (before SIGINT is blocked: children inherit masks)
     try:
         # SIGINT waits until the imports are done: raised inside torch's C++ initialisation it can end in
         # std::terminate (SIGABRT, "pybind11::error_already_set") instead of a KeyboardInterrupt
@@ -32,9 +26,6 @@ def main() -> None:
         # KeyboardInterrupt" flag set, and a normal exit would then re-raise SIGINT on itself (-2, not 130).
         # Nothing has been started yet, so there is nothing to clean up.
         print("weaksync: interrupted", file=sys.stderr, flush=True)
-        from .runtime.forkserver import stop
-
-        stop()  # os._exit skips atexit
         os._exit(130)
     cli_main()
 

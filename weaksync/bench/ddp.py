@@ -13,6 +13,7 @@ backward waits in the all-reduce for the straggler, which is what a slow rank do
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import sys
 import time
@@ -30,9 +31,9 @@ from torch.distributed import PrefixStore, TCPStore
 from ..config import Config, ConfigError, dump_config
 from ..records.eventlog import EventLog
 from ..records.files import write_json
-from ..runtime.forkserver import forkserver_context
 from ..runtime.launcher import (
     INTERRUPTED,
+    PRELOAD,
     RunResult,
     describe_exit,
     finish_run,
@@ -271,7 +272,8 @@ def run_ddp(config: Config, workload: Workload | None = None, poll_interval: flo
     store = TCPStore(
         "127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=config.timeouts.connect)
     )
-    ctx = forkserver_context(("weaksync.bench.ddp",))
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([*PRELOAD, "weaksync.bench.ddp"])
     processes = Supervisor(config.timeouts.shutdown)
     throttle = None
     failure: str | None = None

@@ -7,6 +7,7 @@ Processes come from a forkserver that has torch preloaded, so starting 7 of them
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import signal
 import time
@@ -33,11 +34,21 @@ from ..transport.messages import Leave, encode
 from ..transport.security import LAUNCHER, RunKeys
 from ..transport.sockets import connect_dealer
 from .flat import model_layout
-from .forkserver import forkserver_context
 from .resources import freeze_inherited_objects
 from .spec import FINAL_MODEL, RoleError, RoleSpec, checkpoint_file, principal_of, run_meta, store_prefix
 from .supervisor import Supervisor
 
+PRELOAD = [
+    "weaksync.runtime.preload_signals",  # first: a Ctrl-C during the preload is the launcher's to handle
+    "torch",
+    "torch._dynamo",  # torch.optim imports it on first use: pay it once here, not in every server
+    "sklearn.datasets",
+    "weaksync.runtime.server",
+    "weaksync.runtime.worker",
+    "weaksync.runtime.evaluator",
+    "weaksync.training.models",
+    "weaksync.training.data",
+]
 ProgressCallback = Callable[[dict[str, Any]], None]
 
 
@@ -224,7 +235,8 @@ class LocalCluster:
             "127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=config.timeouts.connect)
         )
         self.prefixed = PrefixStore(store_prefix(self.run_id), self.store)
-        self.ctx = forkserver_context()
+        self.ctx = mp.get_context("forkserver")
+        self.ctx.set_forkserver_preload(PRELOAD)
         self.processes = Supervisor(config.timeouts.shutdown)
         # CURVE keys of this run: made here, handed to each process with its start-up arguments
         self.keys = RunKeys.generate(config.cluster.workers) if config.security.curve else None
