@@ -10,6 +10,9 @@ import time
 
 
 def main() -> None:
+    # a background job (or a CI runner) may hand us SIGINT ignored; the CLI restores it after the imports
+    # (cli.main.stop_on_interrupt), but a Ctrl-C during them would be lost and the run would start anyway
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         # SIGINT waits until the imports are done: raised inside torch's C++ initialisation it can end in
         # std::terminate (SIGABRT, "pybind11::error_already_set") instead of a KeyboardInterrupt
