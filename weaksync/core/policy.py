@@ -46,8 +46,9 @@ class SyncPolicy:
       the workers wait it (once b < B); its servers' cut decides instead.
     sync_warmup: the first `sync_warmup` versions of every block are made as bsp makes them (k = every live
       worker, τ = 0, pulls answered only once the block advanced), then the mode's own rules apply
-      (Sync-Switch, Li et al. ICDCS 2021); a pull deadline does not start a step meanwhile (WorkerCore). Stale gradients early in training, when gradients are large and
-      change fast, cost ResNet-20 under ssp and async 7-8 pt of final accuracy; a 20 % warm-up 2-3 pt.
+      (Sync-Switch, Li et al. ICDCS 2021); a pull deadline does not start a step meanwhile (WorkerCore).
+      Stale gradients early in training, when gradients are large and change fast, cost ResNet-20 under
+      ssp and async 7-8 pt of final accuracy; a 20 % warm-up 2-3 pt.
     """
 
     mode: str
