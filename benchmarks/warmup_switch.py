@@ -13,7 +13,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from weaksync.config import load_config
+from weaksync.config import load_config, parse_set_pairs
 from weaksync.runtime.launcher import run_local
 
 
@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--set", action="append", default=[], help="section.field=value, as `weaksync train`")
     args = parser.parse_args()
-    extra = dict(pair.split("=", 1) for pair in args.set)
+    extra = parse_set_pairs(args.set)
     for seed in range(args.runs):
         out = Path(tempfile.mkdtemp(prefix="warmup-switch-"))
         overrides = {  # the e2e test's small_config (tests/conftest.py) with the BatchNorm CNN
