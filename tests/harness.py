@@ -294,6 +294,7 @@ class Harness:
         self.rounds: list[list[Contribution]] = [[] for _ in range(policy.num_blocks)]
         self.round_opened: list[float | None] = [None] * policy.num_blocks
         self.last_update: list[float | None] = [None] * policy.num_blocks  # when each block last advanced
+        self.first_served: list[float | None] = [None] * policy.num_blocks  # when version 0 was first sent
         self.on_time: list[dict[int, float]] = [{} for _ in range(policy.num_blocks)]  # auto: fresh arrivals
         self.behind: list[set[int]] = [set() for _ in range(policy.num_blocks)]  # auto: left out, silent since
         self.pending_pulls: dict[tuple[int, int], int] = {}  # (worker, block) -> want_gt, at the server
@@ -654,6 +655,8 @@ class Harness:
             elif isinstance(a, Apply):
                 self._on_apply(s, a)
             elif isinstance(a, Send):
+                if self.first_served[a.block] is None:
+                    self.first_served[a.block] = self.now
                 want = self.pending_pulls.pop((a.worker, a.block), None)
                 self._check(
                     want is not None or a.worker in self.departed,
@@ -780,8 +783,10 @@ class Harness:
     def _cut_was_due(self, a: Apply, live: set[int], contributors: int, quorum: int) -> bool:
         """auto's cut (ServerCore._cut_deadline), restated: at least k_min and at most k contributors, one of
         them on time, and either every live worker the last round did not leave behind is in, or the next
-        on-time gradient is later than (1 + margin) (q + 1) / q times the q-th's wait."""
-        opened, fresh = self.last_update[a.block], list(self.on_time[a.block].values())
+        on-time gradient is later than (1 + margin) (q + 1) / q times the q-th's wait, counted from the last
+        update (the first round: from when version 0 was first sent)."""
+        opened = self.last_update[a.block] if self.last_update[a.block] is not None else self.first_served[a.block]
+        fresh = list(self.on_time[a.block].values())
         q = len(fresh)
         if not (q >= 1 and opened is not None and self.policy.k_min <= contributors <= quorum):
             return False

@@ -189,6 +189,23 @@ def test_the_cut_closes_a_round_once_waiting_for_the_next_gradient_stops_paying(
     assert core.blocks[0].contributors == {3: (1, 1.0, 1)} and not [a for a in late if isinstance(a, Apply)]
 
 
+def test_the_first_round_is_cut_from_when_version_0_was_first_served() -> None:
+    """Version 0 has no update to measure from: its round opens when the first worker is sent it, so a
+    slow worker's first step (the slowest of all) does not hold the first update either."""
+    from weaksync.core.actions import Apply
+    from weaksync.core.server import ServerCore
+
+    core = ServerCore(make_policy("auto", 4, 1), [0])
+    for w in range(4):
+        core.on_pull(w, 0, -1, 0, 0.5 + 0.001 * w)
+    for w in range(3):
+        assert not [a for a in core.on_push(w, 0, 0, 0, 0.6) if isinstance(a, Apply)]
+    due = core.next_deadline()
+    assert due is not None and abs(due - (0.5 + (1 + AUTO_MARGIN) * 4 / 3 * 0.1)) < 1e-9
+    (update,) = [a for a in core.on_timer(due) if isinstance(a, Apply)]
+    assert (len(update.contributors), update.by_deadline, core.version(0)) == (3, True, 1)
+
+
 def test_a_worker_left_behind_is_not_waited_for_until_it_pushes_again() -> None:
     """Worker 3 missed the last round (cut) and is still computing: the next round closes as soon as the
     three others are in. Once its late push came, it is waited for again."""

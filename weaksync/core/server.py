@@ -52,6 +52,7 @@ class _BlockState:
     quorum_time: float | None = None  # when this round met k (grace runs from here)
     grace_deadline: float | None = None
     last_apply: float | None = None
+    opened: float | None = None  # auto: when this round's version was first served (the cut measures from here)
     late: _LateWatch | None = None
     gradients: int = 0  # pushes accepted into this round (a worker's repeated pushes each count)
     parked: dict[int, int] = field(default_factory=dict)  # worker -> want_gt
@@ -258,6 +259,8 @@ class ServerCore:
             return actions + ended
         if self._servable(worker, state, want_gt):
             state.parked.pop(worker, None)
+            if state.opened is None:  # version 0: the round opens as the first worker starts on it
+                state.opened = now
             actions.append(Send(worker, block, state.version))
         else:
             state.parked[worker] = want_gt
@@ -440,7 +443,8 @@ class ServerCore:
     def _cut_deadline(self, state: _BlockState, now: float) -> float | None:
         """auto: when this round stops waiting for its next on-time gradient (docs/guarantees.md, `auto`).
 
-        The round opened at t0 (the last update) and its q-th gradient computed on this version came a_q
+        The round opened at t0 (the last update; for version 0, when it was first served, so the first round
+        does not wait for a slow worker's first step either) and its q-th gradient computed on this version came a_q
         later. Closing now is worth q gradients in a_q; waiting for one more, q + 1 in a_(q+1). Waiting pays
         only while a_(q+1) < (q + 1) / q · a_q, so the round closes at that point, with the tuner's margin
         for a one-round estimate (AUTO_MARGIN), if no one else came. A worker that the last round closed
@@ -450,12 +454,12 @@ class ServerCore:
         comes well before the cut. Stale gradients ride along but do not start the clock: one sent just
         after t0 would otherwise close the round at once. Never below k_min contributors."""
         q = len(state.fresh)
-        if q == 0 or state.last_apply is None or len(state.contributors) < self.policy.k_min or self._warming(state):
+        if q == 0 or state.opened is None or len(state.contributors) < self.policy.k_min or self._warming(state):
             return None
         if q + len(state.behind) >= len(self.live) and all(w in state.fresh or w in state.behind for w in self.live):
             return now
-        waited = max(next(reversed(state.fresh.values())) - state.last_apply, 0.0)
-        return state.last_apply + (1 + AUTO_MARGIN) * (q + 1) / q * waited
+        waited = max(next(reversed(state.fresh.values())) - state.opened, 0.0)
+        return state.opened + (1 + AUTO_MARGIN) * (q + 1) / q * waited
 
     def _note_late(self, state: _BlockState, worker: int, base: int, now: float) -> None:
         """A missing worker's gradient for a round that closed without it: how late after k it came."""
@@ -527,7 +531,7 @@ class ServerCore:
         if state.last_apply is not None:
             period = now - state.last_apply
             self.period = period if self.period is None else self.period + PERIOD_SMOOTHING * (period - self.period)
-        state.last_apply = now
+        state.last_apply = state.opened = now
         if self.policy.grace is None:
             return
         if state.late is not None:  # the previous round's missing worker never came: later than this
