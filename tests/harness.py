@@ -297,6 +297,9 @@ class Harness:
         self.first_served: list[float | None] = [None] * policy.num_blocks  # when version 0 was first sent
         self.on_time: list[dict[int, float]] = [{} for _ in range(policy.num_blocks)]  # auto: fresh arrivals
         self.behind: list[set[int]] = [set() for _ in range(policy.num_blocks)]  # auto: left out, silent since
+        self.riders: list[set[int]] = [set() for _ in range(policy.num_blocks)]  # auto: late, not counted toward k
+        self.was_behind = False  # the push being handled came from a worker left behind (auto)
+        self.k_in_force = policy.k  # the k in force when the push being handled came
         self.pending_pulls: dict[tuple[int, int], int] = {}  # (worker, block) -> want_gt, at the server
         self.applied: set[tuple[int, int, int]] = set()  # (worker, block, step)
         self.computed: dict[int, Any] = {}
@@ -620,6 +623,8 @@ class Harness:
         elif isinstance(msg, PushMsg):
             warming = self.version[msg.block] < self.policy.sync_warmup  # bsp's τ = 0 in the warm-up
             self.tau_in_force = 0 if warming else core.tau  # auto may change τ after judging this push
+            self.k_in_force = self.policy.num_workers if warming else core.k
+            self.was_behind = msg.worker in self.behind[msg.block]
             self.behind[msg.block].discard(msg.worker)
             actions = core.on_push(msg.worker, msg.block, msg.base, msg.step, self.now)
             self._server_actions(s, actions, push=msg)
@@ -725,6 +730,9 @@ class Harness:
             self.round_opened[a.block] = self.now
         if a.base == v:
             self.on_time[a.block].setdefault(a.worker, self.now)
+            self.riders[a.block].discard(a.worker)
+        elif p.auto and self.was_behind and self.k_in_force > 1 and all(c.worker != a.worker for c in rnd):
+            self.riders[a.block].add(a.worker)  # late for the last round: rides along, does not count toward k
         rnd.append(Contribution(a.worker, a.base, a.weight, push.step, tau, push.life))
         self.accepts.append((s, a))
         self.hooks.accept(s, a, push.payload)
@@ -766,10 +774,13 @@ class Harness:
         elif p.grace is None and not p.auto:
             self._check(len(merged) == quorum, f"s{s} {a}: {len(merged)} contributors, quorum is {quorum}")
         else:  # k met; with a grace the round may wait for more, never for more than can contribute; under
-            # auto a round that had more than a newly lowered k closes with all it has
+            # auto a round that had more than a newly lowered k closes with all it has, and riders do not count
+            counted = len(merged) - len(self.riders[a.block])
+            everyone_in = set(merged) >= core.live  # every worker the server still waits for is in
             self._check(
-                quorum <= len(merged) <= len(can_contribute),
-                f"s{s} {a}: {len(merged)} contributors, quorum is {quorum} of {len(can_contribute)}",
+                (quorum <= counted or everyone_in) and len(merged) <= len(can_contribute),
+                f"s{s} {a}: {len(merged)} contributors ({counted} counted toward k), quorum is {quorum} of "
+                f"{len(can_contribute)}",
             )
         self.updates.append(AppliedUpdate(s, a, self.now, len(core.live), tuple(rnd)))
         self.version[a.block] = a.version
@@ -777,6 +788,7 @@ class Harness:
         self.round_opened[a.block] = None
         self.last_update[a.block] = self.now
         self.on_time[a.block] = {}
+        self.riders[a.block] = set()
         self.behind[a.block] = set(core.live) - set(merged) if p.auto else set()
         self.hooks.apply(s, a)
 

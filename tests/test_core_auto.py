@@ -225,6 +225,24 @@ def test_a_worker_left_behind_is_not_waited_for_until_it_pushes_again() -> None:
     assert core.version(0) == 3 and core.next_deadline() is not None  # waiting for worker 3 again
 
 
+def test_a_gradient_late_for_the_last_round_rides_along_without_counting_toward_k() -> None:
+    """k = 3 of 4: the round of v1 closed without worker 3, whose gradient on v1 then comes during the round
+    of v2. It is added (nothing is wasted), but the round still waits for three gradients on v2: counted,
+    it would close the round without one of them, which would then come late for the next round."""
+    from weaksync.core.actions import Apply
+
+    core = cut_core()
+    core.k = 3
+    for w in range(3):
+        core.on_push(w, 0, 1, 1, 1.01)
+    assert core.version(0) == 2 and core.blocks[0].behind == {3}
+    core.on_push(3, 0, 1, 1, 1.02)  # late for v1's round, stale by one: accepted as a rider
+    early = [a for w in range(2) for a in core.on_push(w, 0, 2, 2, 1.03) if isinstance(a, Apply)]
+    assert early == [] and core.version(0) == 2  # two on time and a rider are not three on time
+    (update,) = [a for a in core.on_push(2, 0, 2, 2, 1.035) if isinstance(a, Apply)]
+    assert sorted(w for w, _, _ in update.contributors) == [0, 1, 2, 3] and not update.by_deadline
+
+
 def test_a_fourth_gradient_in_time_is_waited_for() -> None:
     core = cut_core()
     for w in range(3):

@@ -59,6 +59,7 @@ class _BlockState:
     fresh: dict[int, float] = field(default_factory=dict)  # auto: worker -> when its gradient on `version` came
     cut_deadline: float | None = None  # auto: when waiting for the next on-time gradient stops paying
     behind: set[int] = field(default_factory=set)  # auto: live workers the last round closed without, silent since
+    riders: set[int] = field(default_factory=set)  # auto: contributors whose only gradient came late for the last round
 
 
 class ServerCore:
@@ -135,6 +136,20 @@ class ServerCore:
         """The push quorum in force for this block: every worker during the warm-up, else k."""
         return self.policy.num_workers if self._warming(state) else self.k
 
+    def _counted(self, state: _BlockState) -> int:
+        """Contributions that count toward k. Under auto (k > 1) a gradient that came too late for the last
+        round (its worker was left behind, and it was computed on that round's version or older) is added to
+        this one but does not count: counted, it would close this round without one of its on-time gradients,
+        which then comes late for the next round, and so on (a chain of stale updates that backup's τ = 0
+        avoids by dropping the late gradient, wasting it). A rider that then pushes on time counts."""
+        return len(state.contributors) - len(state.riders)
+
+    def _complete(self, block: int, state: _BlockState) -> bool:
+        """Has this round what it waits for: k counted contributions, or every worker that can contribute?"""
+        if not state.contributors:
+            return False
+        return len(state.contributors) >= self._can_contribute(state) or self._counted(state) >= self.quorum(block)
+
     def _tau(self, state: _BlockState) -> int | None:
         return 0 if self._warming(state) else self.tau
 
@@ -202,6 +217,7 @@ class ServerCore:
     ) -> list[ServerAction]:
         state = self.blocks.get(block)
         version = state.version if state else -1
+        was_behind = state is not None and worker in state.behind
         if state is not None:
             state.behind.discard(worker)  # it is back: waited for again
         reason = self._push_problem(worker, block, base, state, problem)
@@ -225,6 +241,9 @@ class ServerCore:
         self.staleness += STALENESS_SMOOTHING * (staleness - self.staleness)
         if self.tuner is not None and base == version:  # before the rules below may close the round
             state.fresh.setdefault(worker, now)
+            state.riders.discard(worker)
+        elif self.tuner is not None and was_behind and worker not in state.contributors and self._k(state) > 1:
+            state.riders.add(worker)
         if worker in state.contributors:  # fold_repeats: add to this worker's contribution to the round
             first, total, last_step = state.contributors[worker]
             state.contributors[worker] = (min(first, base), total + weight, max(last_step, step))
@@ -363,7 +382,7 @@ class ServerCore:
             state.behind.discard(worker)
             if state.late is not None:
                 state.late.missing.discard(worker)
-            if state.contributors and len(state.contributors) >= self.quorum(block):
+            if self._complete(block, state):
                 actions += self._close_if_due(block, state, now) if now is not None else self._apply(block, state)
         if self.policy.ssp_slack is not None:
             actions += self._release_parked()
@@ -425,10 +444,10 @@ class ServerCore:
 
     def _close_if_due(self, block: int, state: _BlockState, now: float) -> list[ServerAction]:
         """Apply once every worker that can contribute did, or k did and the grace (if any) is over."""
-        have, can = len(state.contributors), self._can_contribute(state)
-        if have >= can:
+        can = self._can_contribute(state)
+        if len(state.contributors) >= can:
             return self._apply(block, state, now=now)
-        if have < max(1, min(self._k(state), can)):  # quorum(block), with `can` counted once
+        if self._counted(state) < max(1, min(self._k(state), can)):  # quorum(block), with `can` counted once
             return []
         if state.quorum_time is None:
             state.quorum_time = now
@@ -454,7 +473,7 @@ class ServerCore:
         comes well before the cut. Stale gradients ride along but do not start the clock: one sent just
         after t0 would otherwise close the round at once. Never below k_min contributors."""
         q = len(state.fresh)
-        if q == 0 or state.opened is None or len(state.contributors) < self.policy.k_min or self._warming(state):
+        if q == 0 or state.opened is None or self._counted(state) < self.policy.k_min or self._warming(state):
             return None
         if q + len(state.behind) >= len(self.live) and all(w in state.fresh or w in state.behind for w in self.live):
             return now
@@ -486,7 +505,7 @@ class ServerCore:
         self.tau = staleness_bound(self.policy.num_workers, self.k)
         actions: list[ServerAction] = []
         for j, state in self.blocks.items():
-            if state.contributors and len(state.contributors) >= self.quorum(j):
+            if self._complete(j, state):
                 actions += self._apply(j, state, now=now)
         return actions
 
@@ -510,14 +529,16 @@ class ServerCore:
             self.tuner.start_round(state.version, now)  # how long until each worker pushes on this version
         self.gradients_applied += state.gradients
         state.gradients = 0
-        if self.tuner is not None:  # who this round closed without (O(N) only when it did)
-            full = len(state.contributors) >= len(self.live)
+        if self.tuner is not None:  # who this round closed without (O(N) only when it did, or a worker left)
+            everyone = len(self.live) == self.policy.num_workers  # then N contributors are all of them
+            full = len(state.contributors) >= len(self.live) and (everyone or self.live <= state.contributors.keys())
             state.behind = set() if full else self.live - state.contributors.keys()
         state.contributors = {}
         state.round_deadline = None
         state.quorum_time = None
         state.grace_deadline = None
         state.fresh = {}
+        state.riders = set()
         state.cut_deadline = None
         self.updates += 1
         actions: list[ServerAction] = [
