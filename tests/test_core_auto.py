@@ -16,6 +16,7 @@ from test_core_properties import check_records
 
 from weaksync.core.auto import (
     AUTO_MARGIN,
+    AUTO_BOLD_SAMPLES,
     AUTO_MIN_SAMPLES,
     AUTO_SURE_SAMPLES,
     AUTO_WINDOW,
@@ -72,6 +73,19 @@ def test_a_small_gain_needs_more_evidence_than_a_large_one() -> None:
     tuner = QuorumTuner("k", 4, 1, 4)
     rounds(tuner, lambda _: [0.010, 0.010, 0.016, 0.020], 100)
     assert tuner.choices == []
+
+
+def test_a_bold_gain_is_taken_on_fewer_rounds_than_a_leap() -> None:
+    """Shedding a ×4 party doubles the rate or more: taken after AUTO_BOLD_SAMPLES rounds. A 1.6× gain (a
+    leap, not a bold one) waits for AUTO_MIN_SAMPLES."""
+    bold = QuorumTuner("k", 4, 1, 4)
+    rounds(bold, lambda _: [0.010, 0.011, 0.012, 0.045], AUTO_BOLD_SAMPLES)
+    assert bold.value == 3 and bold.choices[0].rate >= 2 * bold.choices[0].previous_rate
+    leap = QuorumTuner("k", 4, 1, 4)
+    rounds(leap, lambda _: [0.010, 0.011, 0.012, 0.026], AUTO_MIN_SAMPLES - 1)
+    assert leap.value == 4
+    rounds(leap, lambda _: [0.010, 0.011, 0.012, 0.026], 1, start=AUTO_MIN_SAMPLES - 1)
+    assert leap.value == 3 and 1.5 <= leap.choices[0].rate / leap.choices[0].previous_rate < 2
 
 
 def test_a_party_that_never_answers_is_censored_not_waited_for() -> None:

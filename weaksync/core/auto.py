@@ -32,6 +32,8 @@ AUTO_CENSOR = 8.0  # a round stops waiting for its last parties after this × th
 AUTO_MARGIN = 0.15  # a challenger's rate must exceed the current one by this fraction
 AUTO_PATIENCE = 3  # ... in this many consecutive closed rounds
 AUTO_LEAP = 1.5  # a smaller quorum this many times faster is taken at once: a stuck party costs every round waited
+AUTO_BOLD = 2.0  # ... and one this many times faster already after AUTO_BOLD_SAMPLES closed rounds: under a ×4
+AUTO_BOLD_SAMPLES = 2  # worker each round at the full quorum costs about twice a round without it
 
 
 def staleness_bound(num_workers: int, k: int) -> int:
@@ -128,11 +130,11 @@ class QuorumTuner:
         self.members = set(members)
         return None if now is None else self._close_rounds(now, overhead)
 
-    def waits(self) -> list[float] | None:
+    def waits(self, min_samples: int = AUTO_MIN_SAMPLES) -> list[float] | None:
         """E[R_(q)] for q = 1 .. members: the mean q-th offset of the recent closed rounds (None: too few)."""
         size = len(self.members)
         rounds = [r for r in self.rounds if len(r) >= size]
-        if size == 0 or len(rounds) < AUTO_MIN_SAMPLES:
+        if size == 0 or len(rounds) < min_samples:
             return None
         return [sum(r[q] for r in rounds) / len(rounds) for q in range(size)]
 
@@ -160,9 +162,11 @@ class QuorumTuner:
 
     def _decide(self, now: float, overhead: float) -> Choice | None:
         """Re-evaluate after a closed round: the best quorum by rate, if it beats the current one clearly."""
-        waits = self.waits()
+        waits = self.waits(AUTO_BOLD_SAMPLES)
         if waits is None:
             return None
+        size = len(self.members)
+        early = sum(len(r) >= size for r in self.rounds) < AUTO_MIN_SAMPLES  # then only a bold leap down
         high = min(self.high, len(waits))
         low = min(self.low, high)
         rates = {q: (q / self.parties) / max(overhead + waits[q - 1], 1e-9) for q in range(low, high + 1)}
@@ -171,6 +175,11 @@ class QuorumTuner:
         if best == current or rates[best] <= rates[current] * (1 + AUTO_MARGIN):
             self._leader, self._lead = None, 0
             return None
+        if early:  # the largest quorum that is boldly better: two rounds are too few to tell 2 from 3 of 4
+            bold = [q for q in rates if q < current and rates[q] >= rates[current] * AUTO_BOLD]
+            if not bold:
+                return None
+            best = max(bold)
         if best > current and len(self.rounds) < AUTO_SURE_SAMPLES:
             return None  # a few rounds without a late arrival do not show that the tail is gone
         direction = 1 if best > current else -1
