@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from test_core_properties import check_records
 
 from weaksync.core.auto import (
-    AUTO_MARGIN,
     AUTO_BOLD_SAMPLES,
+    AUTO_MARGIN,
     AUTO_MIN_SAMPLES,
     AUTO_SURE_SAMPLES,
     AUTO_WINDOW,

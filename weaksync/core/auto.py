@@ -12,7 +12,8 @@ Counting an update of q gradients as q/N of a full one is the linear-scaling vie
 is conservative: a smaller batch is usually worth more than its share, so the tuner errs toward waiting,
 and with nothing slow it keeps the full quorum (bsp). Changes are rare and visible: a challenger must beat
 the quorum in force by a margin for several closed rounds (fewer, the larger its gain), and every change is
-a `Choice` with the figures that decided it. Pure and deterministic: the same observations, the same choices (docs/guarantees.md).
+a `Choice` with the figures that decided it. Pure and deterministic: the same observations, the same
+choices (docs/guarantees.md).
 """
 
 from __future__ import annotations
