@@ -144,11 +144,13 @@ class ServerCore:
         avoids by dropping the late gradient, wasting it). A rider that then pushes on time counts."""
         return len(state.contributors) - len(state.riders)
 
-    def _complete(self, block: int, state: _BlockState) -> bool:
-        """Has this round what it waits for: k counted contributions, or every worker that can contribute?"""
+    def _complete(self, state: _BlockState) -> bool:
+        """Has this round what it waits for: every worker that can contribute, or k counted contributions
+        (`quorum`, with `can` computed once)?"""
         if not state.contributors:
             return False
-        return len(state.contributors) >= self._can_contribute(state) or self._counted(state) >= self.quorum(block)
+        can = self._can_contribute(state)
+        return len(state.contributors) >= can or self._counted(state) >= max(1, min(self._k(state), can))
 
     def _tau(self, state: _BlockState) -> int | None:
         return 0 if self._warming(state) else self.tau
@@ -382,7 +384,7 @@ class ServerCore:
             state.behind.discard(worker)
             if state.late is not None:
                 state.late.missing.discard(worker)
-            if self._complete(block, state):
+            if self._complete(state):
                 actions += self._close_if_due(block, state, now) if now is not None else self._apply(block, state)
         if self.policy.ssp_slack is not None:
             actions += self._release_parked()
@@ -444,10 +446,9 @@ class ServerCore:
 
     def _close_if_due(self, block: int, state: _BlockState, now: float) -> list[ServerAction]:
         """Apply once every worker that can contribute did, or k did and the grace (if any) is over."""
-        can = self._can_contribute(state)
-        if len(state.contributors) >= can:
+        if len(state.contributors) >= self._can_contribute(state):
             return self._apply(block, state, now=now)
-        if self._counted(state) < max(1, min(self._k(state), can)):  # quorum(block), with `can` counted once
+        if not self._complete(state):
             return []
         if state.quorum_time is None:
             state.quorum_time = now
@@ -505,7 +506,7 @@ class ServerCore:
         self.tau = staleness_bound(self.policy.num_workers, self.k)
         actions: list[ServerAction] = []
         for j, state in self.blocks.items():
-            if self._complete(j, state):
+            if self._complete(state):
                 actions += self._apply(j, state, now=now)
         return actions
 
