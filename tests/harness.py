@@ -839,6 +839,11 @@ class Harness:
             )
             for w, want in st.parked.items():
                 held_by_ssp = p.ssp_slack is not None and core.clocks[w] - slowest > p.ssp_slack
+                if held_by_ssp and st.version < p.sync_warmup and p.push_deadline is None and w not in st.contributors:
+                    # the warm-up's round waits for w's gradient: SSP may hold w only while some worker that
+                    # holds it back is not itself parked waiting for that round (else it is a deadlock)
+                    holders = [o for o in core.live if core.clocks[o] < core.clocks[w] - p.ssp_slack]
+                    held_by_ssp = not all(st.parked.get(o, -1) >= st.version for o in holders)
                 self._check(
                     held_by_ssp or (want >= st.version and not self.immediate(st.version)),
                     f"s{s} keeps w{w}'s pull for block {j} > v{want} parked at v{st.version}",

@@ -366,6 +366,20 @@ def test_ssp_a_dropped_push_still_advances_the_clock() -> None:
     assert core.on_pull(0, 0, 0, 1, 0.0) == [Send(0, 0, 1)]  # both at clock 1: worker 0 may go on
 
 
+def test_ssp_does_not_hold_pulls_in_the_synchronous_warm_up() -> None:
+    """In the warm-up (k = N, τ = 0) a worker whose step was dropped as stale runs ahead in clock while the
+    round waits for its fresh gradient: SSP holding its pull for the slower worker, which waits for that
+    round, was a deadlock (found by the property test). The version barrier alone holds them together."""
+    core = server("ssp", n=2, nb=1, ssp_slack=0, sync_warmup=3)
+    core.on_push(0, 0, 0, 0, 0.0)
+    assert of(Apply, core.on_push(1, 0, 0, 0, 0.0))  # both in: v1, clocks 1 and 1
+    assert of(Drop, core.on_push(1, 0, 0, 1, 0.0))  # worker 1's step on v0 again: stale, its clock 2
+    assert core.on_pull(0, 0, 1, 1, 0.0) == []  # worker 0 waits for v2, which needs worker 1's gradient ...
+    assert core.on_pull(1, 0, 0, 2, 0.0) == [Send(1, 0, 1)]  # ... so worker 1 gets v1 although 1 step ahead
+    core.on_push(0, 0, 1, 1, 0.0)
+    assert of(Apply, core.on_push(1, 0, 1, 2, 0.0))  # and the round closes
+
+
 # -- weighting -----------------------------------------------------------------------------------------
 
 

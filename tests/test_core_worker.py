@@ -161,3 +161,22 @@ def test_rebase_forgets_a_restarted_servers_versions_and_pulls_its_blocks_again(
     assert core.begin_step(1.0) == StepPlan(1, (3, 8, 3, 8), frozenset(range(4)))
     with pytest.raises(RuntimeError, match="between steps"):
         core.rebase([1])
+
+
+def test_the_synchronous_warm_up_waits_for_every_block_whatever_b() -> None:
+    """ssp with b = 1 of 2: while a block it holds is in the warm-up a worker waits for both, as bsp (with
+    b < B each worker could hold a stale block of a round that waits for another: a deadlock hypothesis
+    found); from the warm-up's last version on, b = 1 is enough."""
+    core = started(worker("ssp", nb=2, b=1, sync_warmup=2))
+    one_step(core)
+    core.on_block(0, 1)
+    assert not core.ready(0.0)  # block 1 is still at v0 < 2
+    core.on_block(1, 1)
+    assert core.ready(0.0)
+    one_step(core)
+    core.on_block(0, 2)
+    assert not core.ready(0.0)  # block 1 at v1: still warming
+    core.on_block(1, 2)
+    one_step(core)
+    core.on_block(0, 3)
+    assert core.ready(0.0)  # every block past the warm-up: b = 1

@@ -103,6 +103,7 @@ class ServerCore:
         n = policy.num_workers
         self.tuner = QuorumTuner("k", n, policy.k_min, n, start=policy.k) if policy.auto else None
         self.clock_block = min(self.blocks, default=0)  # auto measures rounds on one block: they move together
+        self.held: set[tuple[int, int]] = set()  # (block, worker): warm-up pulls SSP holds at a newer version
 
     @property
     def choices(self) -> list[Choice]:
@@ -285,6 +286,9 @@ class ServerCore:
             actions.append(Send(worker, block, state.version))
         else:
             state.parked[worker] = want_gt
+            self._note_held(block, worker, state, want_gt)
+            if self.held:  # this worker now waits for a round: a pull held for it may be what that round needs
+                actions += self._recheck_held()
         return actions
 
     def on_timer(self, now: float) -> list[ServerAction]:
@@ -568,13 +572,27 @@ class ServerCore:
 
     def _servable(self, worker: int, state: _BlockState, want_gt: int, floor: float | None = None) -> bool:
         """May this pull be answered now; `floor` is the slowest clock if the caller already knows it."""
-        immediate = self.policy.immediate_pull and not self._warming(state)
+        warming = self._warming(state)
+        immediate = self.policy.immediate_pull and not warming
         if not (state.version > want_gt or immediate):
             return False
         slack = self.policy.ssp_slack
         if slack is None:
             return True
-        return self.clocks[worker] - (self._min_clock() if floor is None else floor) <= slack
+        if self.clocks[worker] - (self._min_clock() if floor is None else floor) <= slack:
+            return True
+        return warming and self._round_waits_for(worker, state, slack)
+
+    def _round_waits_for(self, worker: int, state: _BlockState, slack: int) -> bool:
+        """SSP in the synchronous warm-up (k = N, τ = 0): is every worker that holds this one back parked
+        here, waiting for the round that only this one's gradient can close? Then holding its pull is a
+        deadlock, not a bound: its steps on old versions were dropped as stale, which moved its clock
+        ahead of theirs without helping the round (found by the property test). A push deadline would end
+        the round without it, so then the bound holds."""
+        if self.policy.push_deadline is not None or worker in state.contributors:
+            return False
+        limit = self.clocks[worker] - slack
+        return all(state.parked.get(w, -1) >= state.version for w in self.live if self.clocks[w] < limit)
 
     def _answer_parked(self, block: int, state: _BlockState) -> list[ServerAction]:
         # the slowest clock once for all parked pulls (it cannot move here): O(N) per update, not O(N²)
@@ -582,7 +600,30 @@ class ServerCore:
         ready = [w for w, want in state.parked.items() if self._servable(w, state, want, floor)]
         for w in ready:
             del state.parked[w]
+        if self.policy.ssp_slack is not None and self._warming(state):
+            for w, want in state.parked.items():
+                self._note_held(block, w, state, want)
         return [Send(w, block, state.version) for w in ready]
+
+    def _note_held(self, block: int, worker: int, state: _BlockState, want_gt: int) -> None:
+        """Remember a warm-up pull that only SSP's clock bound holds (its version is there): `_recheck_held`
+        looks at it again as clocks move and workers park, which a plain SSP hold need not wait for."""
+        if self.policy.ssp_slack is not None and self._warming(state) and state.version > want_gt:
+            self.held.add((block, worker))
+
+    def _recheck_held(self) -> list[ServerAction]:
+        """Answer the held warm-up pulls that `_round_waits_for` now says must go (O(1) when none are held)."""
+        actions: list[ServerAction] = []
+        for block, worker in sorted(self.held):
+            state = self.blocks[block]
+            want = state.parked.get(worker)
+            if want is None or not self._warming(state):  # answered, forgotten, or under the plain SSP rule now
+                self.held.discard((block, worker))
+            elif self._servable(worker, state, want):
+                del state.parked[worker]
+                self.held.discard((block, worker))
+                actions.append(Send(worker, block, state.version))
+        return actions
 
     def _min_clock(self) -> float:
         """The slowest clock SSP waits for; with nobody waited for, nothing holds a pull back."""
@@ -603,7 +644,8 @@ class ServerCore:
             return []
         before = self._min_clock()
         self.clocks[worker] = clock
-        return self._release_parked() if self._min_clock() > before else []
+        actions = self._release_parked() if self._min_clock() > before else []
+        return actions + self._recheck_held() if self.held else actions
 
     def _release_parked(self) -> list[ServerAction]:
         actions: list[ServerAction] = []

@@ -97,7 +97,7 @@ class WorkerCore:
         if self.tuner is not None and now is not None:  # the block is fresh for every step that ended before
             self._retune(self.tuner.arrive(block, self.step, now, overhead=self.compute or 0.0))
         if now is not None and first:
-            if len(self.refreshed) == self.b and self.quorum_at is None:
+            if len(self.refreshed) == self._b() and self.quorum_at is None:
                 self.quorum_at = now
             self._note_late(block, now)
         return True
@@ -131,7 +131,7 @@ class WorkerCore:
             return True
         if not self.policy.wait_for_pull:  # async: the answers, fresh or not, are enough
             return not self.outstanding
-        if len(self.refreshed) >= self.b:
+        if len(self.refreshed) >= self._b():
             grace_end = self._grace_end()
             return grace_end is None or now >= grace_end
         deadline = self._pull_deadline()
@@ -192,13 +192,21 @@ class WorkerCore:
             return None
         return self._could_start() + self.grace()
 
+    def _warming(self) -> bool:
+        """In the synchronous warm-up: a block this worker holds is below `sync_warmup`. A step on a block that
+        has not advanced then computes a gradient the warm-up's τ = 0 drops, while the round it was for waits
+        for this worker's fresh one, which it computes only once b blocks advanced: with b < B each worker
+        can hold a block of a round that waits for another (a deadlock the property test found). So, as bsp,
+        the warm-up waits for every block: b = B, and no pull deadline."""
+        return min(self.versions) < self.policy.sync_warmup
+
+    def _b(self) -> int:
+        """The pull quorum in force: every block in the warm-up, else b."""
+        return self.policy.num_blocks if self._warming() else self.b
+
     def _pull_deadline(self) -> float | None:
-        """None during the synchronous warm-up (a block this worker holds is below `sync_warmup`): a step on a
-        block that has not advanced computes a gradient the warm-up's τ = 0 drops, and it puts the worker a step
-        ahead, where SSP may hold the very pull whose answer the warm-up's next version waits for."""
-        if self.policy.pull_deadline is None or self.wait_started is None:
-            return None
-        if min(self.versions) < self.policy.sync_warmup:
+        """None during the synchronous warm-up (`_warming`)."""
+        if self.policy.pull_deadline is None or self.wait_started is None or self._warming():
             return None
         return self.wait_started + self.policy.pull_deadline
 
