@@ -115,3 +115,48 @@ def test_a_restored_store_clips_as_the_one_it_was_saved_from() -> None:
     step(restored, 4, 10.0)
     assert saved.clipped == restored.clipped == 1
     assert torch.equal(saved.snapshot(0), restored.snapshot(0))
+
+
+def test_a_batch_of_updates_steps_exactly_as_one_update_at_a_time() -> None:
+    """`apply_many` (one multi-tensor step per LR) against `apply` per block: bit-identical values and
+    momentum, with updates of different LRs (contributor counts) in one batch and a BatchNorm buffer block."""
+    one, batched = store(), store()
+    for version in (1, 2, 3):
+        actions = []
+        for j, block in one.blocks.items():
+            workers = (0, 1) if j % 2 == 0 or version == 1 else (0,)  # 1 or 2 contributors: two LRs
+            grads = [
+                torch.randn(block.size, generator=torch.Generator().manual_seed(10 * version + j + w)) for w in workers
+            ]
+            for w, grad in zip(workers, grads):
+                accept = Accept(w, j, version - 1, version - 1, 1.0)
+                one.accept(accept, grad)
+                batched.accept_many([(accept, grad)])
+            actions.append(Apply(j, version, tuple((w, version - 1, 1.0) for w in workers), version, False))
+        for action in actions:
+            one.apply(action)
+        batched.apply_many(actions)
+    for j in one.blocks:
+        assert torch.equal(one.snapshot(j), batched.snapshot(j))
+    for j in one.params:
+        a, b = one.optimizer.state[one.params[j]], batched.optimizer.state[batched.params[j]]
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+
+
+def test_a_checkpoint_of_per_block_optimizers_still_loads() -> None:
+    """Checkpoints written before the servers' optimizer became one multi-tensor optimizer held one
+    `state_dict()` per block; a restored store steps from their momentum exactly as from the new form."""
+    bs = store()
+    step_all(bs, 1)
+    saved = bs.state()
+    old = {k: v for k, v in saved.items() if k != "optimizer_state"}
+    old["optimizers"] = {
+        j: {"state": {0: st}, "param_groups": [{"params": [0]}]} for j, st in saved["optimizer_state"].items()
+    }
+    new_form, old_form = store(), store()
+    new_form.load(saved)
+    old_form.load(old)
+    step_all(new_form, 2)
+    step_all(old_form, 2)
+    for j in bs.blocks:
+        assert torch.equal(new_form.snapshot(j), old_form.snapshot(j))

@@ -72,15 +72,15 @@ def test_the_block_store_steps_with_the_corrected_momentum() -> None:
     for version, staleness in ((1, 3.0), (2, 3.0)):
         store.accept(Accept(0, 0, 0, version - 1, 1.0), torch.ones(1))
         store.apply(Apply(0, version, ((0, 0, 1.0),), version, False, staleness))
-    group = store.optimizers[0].param_groups[0]
+    group = store.optimizer.param_groups[0]
     assert group["momentum"] == pytest.approx(0.6) and group["lr"] == pytest.approx(0.1)
-    buf = store.optimizers[0].state[store.params[0]]["momentum_buffer"]
+    buf = store.optimizer.state[store.params[0]]["momentum_buffer"]
     assert float(buf) == pytest.approx(1 + 0.6)  # second step: buf = μ'·1 + 1
 
 
 def test_momentum_lowered_to_zero_comes_back_when_staleness_falls() -> None:
     store = one_block_store()
-    group = store.optimizers[0].param_groups[0]
+    group = store.optimizer.param_groups[0]
     for version, staleness in ((1, 20.0), (2, 0.0)):
         store.accept(Accept(0, 0, 0, version - 1, 1.0), torch.ones(1))
         store.apply(Apply(0, version, ((0, 0, 1.0),), version, False, staleness))

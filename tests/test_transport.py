@@ -44,13 +44,13 @@ def pair():
 
 
 def test_coalesced_push_round_trip_over_zmq(pair) -> None:
-    """One message carries several blocks: a header with their columns and one payload frame per block."""
+    """One message carries several blocks: a header with their columns and one payload frame holding them all."""
     router, dealer = pair
     grads = (torch.randn(1000), torch.randn(3), torch.randn(70_000))
     push = Push(worker=0, step=9, blocks=(3, 5, 1), bases=(7, 6, 7), grads=grads, sent_at=1.5)
     dealer.send_multipart(encode(push), copy=False)
     frames = router.recv_multipart(copy=False)
-    assert frames[0].bytes == b"w0" and len(frames) == 1 + 1 + 3
+    assert frames[0].bytes == b"w0" and len(frames) == 1 + 1 + 1
     msg = decode(frames[1:])
     assert isinstance(msg, Push)
     assert (msg.worker, msg.step, msg.blocks, msg.bases, msg.sent_at) == (0, 9, (3, 5, 1), (7, 6, 7), 1.5)
@@ -104,7 +104,7 @@ def test_every_kind_round_trips_with_its_types() -> None:
 def test_the_header_uses_short_names_and_lists_the_blocks() -> None:
     push = Push(worker=1, step=4, blocks=(2, 5), bases=(3, 1), grads=(torch.zeros(1), torch.zeros(1)), sent_at=0.5)
     header = msgpack.unpackb(encode(push)[0])
-    assert header == {"k": "push", "w": 1, "step": 4, "j": [2, 5], "u": [3, 1], "ts": 0.5}
+    assert header == {"k": "push", "w": 1, "step": 4, "j": [2, 5], "u": [3, 1], "ts": 0.5, "n": [1, 1]}
     assert msgpack.unpackb(encode(Leave(worker=3))[0]) == {"k": "leave", "w": 3}  # absent optionals stay off
 
 
@@ -129,12 +129,19 @@ def test_unroutable_reply_raises_instead_of_vanishing(pair) -> None:
         ([msgpack.packb({"k": "pull", "w": 0, "j": [1, 2], "wants": [0], "clock": 0})], "unequal length"),
         ([msgpack.packb({"k": "pull", "w": 0, "j": [], "wants": [], "clock": 0})], "carries no blocks"),
         ([msgpack.packb({"k": "push", "w": 0, "j": [1], "u": [0], "step": 0})], "has 1 frames, expected 2"),
-        ([msgpack.packb({"k": "push", "w": 0, "j": [1, 2], "u": [0, 0], "step": 0}), b""], "2 frames, expected 3"),
-        ([msgpack.packb({"k": "push", "w": 0, "j": [1], "u": [0], "step": 0}), b"abc"], "not a whole number"),
+        ([msgpack.packb({"k": "push", "w": 0, "j": [1], "u": [0], "step": 0}), b"", b""], "3 frames, expected 2"),
+        ([msgpack.packb({"k": "push", "w": 0, "j": [1, 2], "u": [0, 0], "step": 0}), b""], "needs field 'n'"),
+        ([msgpack.packb({"k": "push", "w": 0, "j": [1, 2], "u": [0, 0], "step": 0, "n": [1]}), b""], "2 value counts"),
+        ([msgpack.packb({"k": "push", "w": 0, "j": [1], "u": [0], "step": 0, "n": [-1]}), b""], "counts >= 0"),
+        ([msgpack.packb({"k": "push", "w": 0, "j": [1], "u": [0], "step": 0, "n": [1]}), b"abc"], "not a whole number"),
+        (
+            [msgpack.packb({"k": "push", "w": 0, "j": [1], "u": [0], "step": 0, "n": [2]}), bytes(4)],
+            "its header lists 2",
+        ),
         ([msgpack.packb({"k": "bye", "w": 0}), b"extra"], "has 2 frames, expected 1"),
         ([msgpack.packb({"k": "welcome", "s": 0, "digest": "x", "clock": 1.5})], "needs field 'clock'"),
         ([msgpack.packb({"k": "leave", "w": 0, "pid": "1"})], "needs field 'pid'"),
-        ([msgpack.packb({"k": "push", "w": 0, "j": [1], "u": [0], "step": 0, "ts": "now"}), b""], "field 'ts'"),
+        ([msgpack.packb({"k": "push", "w": 0, "j": [1], "u": [0], "step": 0, "ts": "now", "n": [0]}), b""], "'ts'"),
         ([b"\x80" * 70_000], "exceeds"),
     ],
 )
@@ -162,11 +169,16 @@ def test_payload_checks() -> None:
     assert "non-finite" in payload_problem(torch.tensor([3e38, float("-inf")]), 2)
 
 
-def test_encode_refuses_payloads_it_cannot_send_without_copy() -> None:
+def test_encode_refuses_payloads_that_are_not_1d_float32_and_joins_strided_ones() -> None:
     with pytest.raises(ValueError):
         encode(Push(0, 0, (0,), (0,), grads=(torch.zeros(4, dtype=torch.float64),)))
     with pytest.raises(ValueError):
         encode(Push(0, 0, (0, 1), (0, 0), grads=(torch.zeros(4), torch.zeros(4, 4).t())))
+    strided = torch.arange(8, dtype=torch.float32)[::2]  # copied into the one payload frame as it is joined
+    back = decode([bytes(f) for f in encode(Push(0, 0, (0, 1), (0, 0), grads=(strided, torch.ones(2))))])
+    assert isinstance(back, Push) and torch.equal(back.grads[0], strided) and torch.equal(back.grads[1], torch.ones(2))
+    alone = decode([bytes(f) for f in encode(Push(0, 0, (0,), (0,), grads=(strided,)))])
+    assert isinstance(alone, Push) and torch.equal(alone.grads[0], strided)
 
 
 def test_a_full_inbox_holds_messages_back_without_dropping_any() -> None:

@@ -36,6 +36,7 @@ from ..transport.messages import (
     Heartbeat,
     Hello,
     Leave,
+    Payloads,
     Peek,
     Pull,
     Push,
@@ -44,7 +45,7 @@ from ..transport.messages import (
     Welcome,
     decode,
     encode,
-    payload_problem,
+    payload_problems,
 )
 from ..transport.security import EVALUATOR, LAUNCHER, PeerAuthenticator, worker_principal
 from ..transport.sockets import bind_router, inbox_hwm
@@ -60,6 +61,7 @@ from .spec import (
     store_set_json,
     watch_parent,
 )
+from .tensorbatch import TensorBatch
 
 HANDSHAKE_FAILURES = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -140,6 +142,7 @@ class Server:
         self.reply_delay = delayer_for(rules, "server", spec.rank, seed)
         self.link_delays = [delayer_for(rules, "link", w, seed, peer=spec.rank) for w in range(cfg.cluster.workers)]
         self.outbox = Outbox()
+        self.last_joined: tuple[tuple, Payloads] | None = None  # the last reply payload (`joined`)
         self.reply_delays: list[float] = []
         self.unsent: dict[int, list[Reply]] = defaultdict(list)  # worker -> replies due
         self.push_delays: dict[int, deque[float]] = defaultdict(lambda: deque(maxlen=20000))
@@ -254,8 +257,10 @@ class Server:
                 self.push(sock, msg, now)
             case Pull():
                 self.pull_msgs += 1
+                actions: list = []
                 for j, want in zip(msg.blocks, msg.wants):
-                    self.perform(sock, self.core.on_pull(msg.worker, j, want, msg.clock, now))
+                    actions += self.core.on_pull(msg.worker, j, want, msg.clock, now)
+                self.perform(sock, actions)
             case Hello():
                 self.hello(sock, identity, msg, now)
             case Bye():
@@ -275,21 +280,37 @@ class Server:
         self.send_replies(sock)
 
     def push(self, sock: zmq.Socket, msg: Push, now: float) -> None:
-        """Each block's gradient goes to the core in the message's order (the rules are per block); the
-        replies the updates release leave together, after the whole message (`send_replies`)."""
+        """Each block's gradient goes to the core in the message's order (the rules are per block); the tensor
+        work of the whole message is then done together (`TensorBatch`), and the replies the updates release
+        leave together, after the whole message (`send_replies`)."""
         if msg.sent_at is not None:  # one-way delay of this link (clocks of one host, or NTP-synced hosts)
             self.push_delays[msg.worker].append(time.time() - msg.sent_at)
         self.push_msgs += 1
         if self.first_push is None:
             self.first_push = now
-        for j, base, grad in zip(msg.blocks, msg.bases, msg.grads):
-            self.push_bytes += grad.nbytes
-            block = self.blockstore.blocks.get(j)
-            problem = payload_problem(grad, block.size) if block else None
-            actions = self.core.on_push(msg.worker, j, base, msg.step, now, problem)
-            if problem:
-                self.log.write("drop", s=self.spec.rank, w=msg.worker, j=j, reason="malformed", detail=problem)
-            self.perform(sock, actions, grad)
+        blocks = self.blockstore.blocks
+        sizes = [blocks[j].size if j in blocks else None for j in msg.blocks]
+        problems = payload_problems(msg.grads, sizes)
+        self.push_bytes += sum(grad.nbytes for grad in msg.grads)
+        if len(set(msg.blocks)) < len(msg.blocks):  # one block twice: each gradient with its own actions
+            for j, base, grad, problem in zip(msg.blocks, msg.bases, msg.grads, problems):
+                self.push_block(sock, msg, j, base, problem, now, {j: grad})
+            return
+        actions: list = []
+        for j, base, problem in zip(msg.blocks, msg.bases, problems):
+            actions += self.push_actions(msg, j, base, problem, now)
+        self.perform(sock, actions, dict(zip(msg.blocks, msg.grads)))
+
+    def push_block(
+        self, sock: zmq.Socket, msg: Push, j: int, base: int, problem: str | None, now: float, grads: dict
+    ) -> None:
+        self.perform(sock, self.push_actions(msg, j, base, problem, now), grads)
+
+    def push_actions(self, msg: Push, j: int, base: int, problem: str | None, now: float) -> list:
+        actions = self.core.on_push(msg.worker, j, base, msg.step, now, problem)
+        if problem:
+            self.log.write("drop", s=self.spec.rank, w=msg.worker, j=j, reason="malformed", detail=problem)
+        return actions
 
     def hello(self, sock: zmq.Socket, identity: bytes, msg: Hello, now: float) -> None:
         problem = None
@@ -304,17 +325,19 @@ class Server:
             self.log.write("hello", s=self.spec.rank, w=msg.worker, pid=msg.pid)
         self.perform(sock, actions)
 
-    def perform(self, sock: zmq.Socket, actions: list, grad: torch.Tensor | None = None) -> None:
-        """Carry out the core's actions; `grad` is the pushed gradient the core's Accept refers to. Block
-        replies are only queued (with the snapshot of the version the core named): `send_replies` sends them,
-        one message per worker."""
+    def perform(self, sock: zmq.Socket, actions: list, grads: dict[int, torch.Tensor] | None = None) -> None:
+        """Carry out the core's actions; `grads` are the pushed gradients (by block) the core's Accepts refer
+        to. Their tensor work is batched (`TensorBatch`); block replies are only queued (with the snapshot of
+        the version the core named): `send_replies` sends them, one message per worker."""
         if len(self.core.choices) > self.logged_choices:
             self.logged_choices = log_new_choices(self.log, self.core.choices, self.logged_choices, s=self.spec.rank)
+        batch = TensorBatch(self.blockstore)
         for action in actions:
             if isinstance(action, act.Accept):
-                self.blockstore.accept(action, grad)
+                assert grads is not None, "the core accepted a gradient that no push carried"
+                batch.accept(action, grads[action.block])
             elif isinstance(action, act.Send):
-                self.unsent[action.worker].append(self.reply_item(action.block, action.version))
+                batch.send(action)
             elif isinstance(action, act.EndRun):
                 self.log.write("budget", s=self.spec.rank, steps=action.steps)
                 for worker in sorted(self.core.members.registered):
@@ -337,7 +360,7 @@ class Server:
                 self.log.write("orphaned", s=self.spec.rank, waited=action.waited)
                 self.stop_requested = True
             elif isinstance(action, act.Apply):
-                self.blockstore.apply(action, progress=self.core.steps_done() / self.policy.num_workers)
+                batch.apply(action, self.core.steps_done() / self.policy.num_workers)
                 self.log.write(
                     "update",
                     s=self.spec.rank,
@@ -358,6 +381,8 @@ class Server:
                     v=action.version,
                     reason=action.reason,
                 )
+        for send, values in batch.done():
+            self.unsent[send.worker].append(Reply(send.block, send.version, values))
 
     def route(self, worker: int) -> bytes:
         """Where replies to a worker go: the socket its last hello, push or pull came from."""
@@ -391,7 +416,10 @@ class Server:
         """Reply with blocks (index, version, snapshot); an injected server or link delay holds the message in
         the outbox."""
         blocks, versions, values = zip(*items)
-        frames = [identity, *encode(Blocks(blocks=blocks, versions=versions, values=values))]
+        frames = [
+            identity,
+            *encode(Blocks(blocks=blocks, versions=versions, values=self.joined(blocks, versions, values))),
+        ]
         nbytes = sum(v.nbytes for v in values)
         delay = 0.0
         if worker is not None and (self.reply_delay.active or self.link_delays[worker].active):
@@ -413,6 +441,15 @@ class Server:
             return
         self.replies += 1
         self.reply_bytes += nbytes
+
+    def joined(self, blocks: tuple[int, ...], versions: tuple[int, ...], values: tuple) -> Payloads:
+        """The replies' payload, joined into one tensor once for every worker that gets the same blocks at
+        the same versions (a round's replies): a version's values never change, so neither does the join."""
+        key = (blocks, versions)
+        if self.last_joined is None or self.last_joined[0] != key:
+            flat = values[0] if len(values) == 1 else torch.cat(values)
+            self.last_joined = (key, Payloads.of(values, flat))
+        return self.last_joined[1]
 
     def reject(self, identity: bytes, reason: str) -> None:
         self.bad_messages[reason.split(":")[0]] += 1

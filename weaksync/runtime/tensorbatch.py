@@ -1,0 +1,63 @@
+"""The tensor work of one batch of core actions, deferred and done together where the order allows.
+
+A push message of 128 blocks makes the core emit an Accept per block and, when the round closes, an Apply and
+Sends per block. Done one by one, each is a few Python calls and a small tensor op; done together, the adds
+are one `torch._foreach_add_` and the updates one optimizer step (`BlockStore.accept_many`, `apply_many`).
+The core's order still holds wherever it matters: an Accept never moves before an Apply of its block, an
+Apply never overtakes an earlier Apply of its block or a reply that must carry the version before it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..core.actions import Accept, Apply, Send
+from .blockstore import BlockStore
+
+
+class TensorBatch:
+    """Accepts, updates and replies of one message (or timer), in the core's order as far as it matters."""
+
+    def __init__(self, store: BlockStore):
+        self.store = store
+        self.accepts: list[tuple[Accept, torch.Tensor]] = []
+        self.applies: list[tuple[Apply, float | None]] = []
+        self.applying: set[int] = set()
+        self.sends: list[Send] = []
+        self.sending: set[int] = set()  # blocks whose replies take the values as they are before the next Apply
+        self.replies: list[tuple[Send, torch.Tensor]] = []
+
+    def accept(self, action: Accept, payload: torch.Tensor) -> None:
+        if action.block in self.applying:  # the gradient belongs to the round after that update
+            self.flush()
+        self.accepts.append((action, payload))
+
+    def apply(self, action: Apply, progress: float | None) -> None:
+        if action.block in self.applying or action.block in self.sending:
+            self.flush()
+        self.applies.append((action, progress))
+        self.applying.add(action.block)
+
+    def send(self, action: Send) -> None:
+        self.sends.append(action)
+        self.sending.add(action.block)
+
+    def flush(self) -> None:
+        """Do the pending adds, then the pending updates (one batch per LR schedule position), then take the
+        replies' snapshots."""
+        if self.accepts:
+            self.store.accept_many(self.accepts)
+        by_progress: dict[float | None, list[Apply]] = {}
+        for action, progress in self.applies:
+            by_progress.setdefault(progress, []).append(action)
+        for progress, actions in by_progress.items():
+            self.store.apply_many(actions, progress)
+        self.replies += [(send, self.store.snapshot(send.block)) for send in self.sends]
+        self.accepts, self.applies, self.sends = [], [], []
+        self.applying, self.sending = set(), set()
+
+    def done(self) -> list[tuple[Send, torch.Tensor]]:
+        """Flush, and hand over every reply with the values it carries."""
+        self.flush()
+        replies, self.replies = self.replies, []
+        return replies
