@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -61,16 +60,11 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1) -> Non
 
 
 def events(run_dir: Path, name: str) -> list[dict[str, Any]]:
+    """A role's records, an update of several blocks as one record per block (`per_block`)."""
+    from weaksync.records.eventlog import per_block, read_events
+
     path = run_dir / "events" / f"{name}.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return out
+    return list(per_block(read_events(path))) if path.exists() else []
 
 
 def trained_checkpoint(run_dir: Path, server: int = 0) -> bool:

@@ -44,3 +44,20 @@ def test_gradients_reach_the_push_vector_after_set_to_none() -> None:
     assert torch.count_nonzero(got[offset : offset + 8]) == 0
     model(x).sum().backward()  # the slots are the gradients again: backward accumulates into them
     assert torch.count_nonzero(flat.grads) > 0
+
+
+def test_a_whole_reply_installs_in_one_indexed_copy_as_block_by_block() -> None:
+    """A decoded reply of a server's blocks (interleaved in θ) lands where the per-block copy puts it."""
+    from weaksync.transport.messages import Blocks, decode, encode
+
+    layout = model_layout(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4)), num_servers=2, num_blocks=6)
+    mine = [b for b in layout.blocks if layout.owners[b.index] == 1]
+    values = tuple(torch.randn(b.size) for b in mine)
+    reply = decode([bytes(f) for f in encode(Blocks(tuple(b.index for b in mine), (1,) * len(mine), values))])
+    whole, per_block = (FlatModel(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4)), layout) for _ in range(2))
+    per_block.values.copy_(whole.values)  # the blocks of server 0, which the reply leaves alone
+    for _ in range(2):  # the second time from the kept positions
+        whole.install_all(mine, reply.values)
+    for b, v in zip(mine, values):
+        per_block.install(b, v)
+    assert torch.equal(whole.values, per_block.values)

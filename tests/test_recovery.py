@@ -61,3 +61,21 @@ def test_server_restarts_need_checkpoints(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="on_server_failure=restart needs checkpoint.interval"):
         load_config(path)
     assert load_config(path, {"on_server_failure": "stop"}).checkpoint.interval is None
+
+
+def test_an_update_record_of_several_blocks_reads_as_one_per_block() -> None:
+    """A server logs the blocks a message updated alike in one record; readers see one per block, and the
+    records of older runs (one block each) pass as they are."""
+    from weaksync.records.eventlog import per_block
+
+    grouped = {"ev": "update", "s": 0, "j": [0, 2, 4], "v": 7, "t": 1.0}
+    single = {"ev": "update", "s": 0, "j": 6, "v": 7, "t": 1.0}
+    out = list(per_block([grouped, {"ev": "start"}, single]))
+    assert [(e["ev"], e.get("j")) for e in out] == [
+        ("update", 0),
+        ("update", 2),
+        ("update", 4),
+        ("start", None),
+        ("update", 6),
+    ]
+    assert all(e["v"] == 7 for e in out if e["ev"] == "update")

@@ -97,7 +97,8 @@ class WorkerCore:
         if self.tuner is not None and now is not None:  # the block is fresh for every step that ended before
             self._retune(self.tuner.arrive(block, self.step, now, overhead=self.compute or 0.0))
         if now is not None and first:
-            if len(self.refreshed) == self._b() and self.quorum_at is None:
+            fresh = len(self.refreshed)  # `_b` is O(B) in a warm-up: asked only at the two counts it can be
+            if self.quorum_at is None and fresh in (self.b, self.policy.num_blocks) and fresh == self._b():
                 self.quorum_at = now
             self._note_late(block, now)
         return True
@@ -198,7 +199,7 @@ class WorkerCore:
         for this worker's fresh one, which it computes only once b blocks advanced: with b < B each worker
         can hold a block of a round that waits for another (a deadlock the property test found). So, as bsp,
         the warm-up waits for every block: b = B, and no pull deadline."""
-        return min(self.versions) < self.policy.sync_warmup
+        return self.policy.sync_warmup > 0 and min(self.versions) < self.policy.sync_warmup
 
     def _b(self) -> int:
         """The pull quorum in force: every block in the warm-up, else b."""

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..config import Config
-from ..records.eventlog import read_events
+from ..records.eventlog import per_block, read_events
 from ..records.files import write_json
 from .recovery import recovery_section
 from .slow import find_stragglers
@@ -19,12 +19,12 @@ from .slow import find_stragglers
 def _events(run_dir: Path, pattern: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for path in sorted((run_dir / "events").glob(pattern)):
-        out.extend(read_events(path))
+        out.extend(per_block(read_events(path)))
     return out
 
 
 def _logs_by_process(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
-    return {path.stem: list(read_events(path)) for path in sorted((run_dir / "events").glob("*-*.jsonl"))}
+    return {path.stem: list(per_block(read_events(path))) for path in sorted((run_dir / "events").glob("*-*.jsonl"))}
 
 
 def _procs(run_dir: Path, role: str) -> list[dict[str, Any]]:

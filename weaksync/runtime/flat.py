@@ -60,6 +60,7 @@ class FlatModel:
         self.layout = layout
         self.values = torch.zeros(layout.total, dtype=torch.float32)
         self.grads = torch.zeros(layout.num_params, dtype=torch.float32)
+        self.positions: dict[tuple[int, ...], torch.Tensor] = {}  # a reply's blocks -> their positions in θ
         modules = dict(model.named_modules())
         self.grad_views: list[tuple[nn.Parameter, torch.Tensor]] = []  # each parameter and its slot in `grads`
         offset = 0
@@ -84,9 +85,20 @@ class FlatModel:
 
     def install_all(self, blocks: Sequence[Block], payloads: Sequence[torch.Tensor]) -> None:
         """Overwrite several blocks at once (the blocks of one coalesced reply): one fused copy, not one call
-        per block."""
-        if blocks:
-            torch._foreach_copy_([self.values[b.start : b.stop] for b in blocks], list(payloads))
+        per block. When the payloads are a whole received frame (`Payloads.flat`, every block of the reply
+        installed), one indexed copy from it, with the positions of that set of blocks kept for the next
+        reply of the same blocks."""
+        if not blocks:
+            return
+        flat = getattr(payloads, "flat", None)
+        if flat is not None and len(blocks) == len(payloads):
+            key = tuple(b.index for b in blocks)
+            index = self.positions.get(key)
+            if index is None:
+                index = self.positions[key] = torch.cat([torch.arange(b.start, b.stop) for b in blocks])
+            self.values.index_copy_(0, index, flat)
+            return
+        torch._foreach_copy_([self.values[b.start : b.stop] for b in blocks], list(payloads))
 
     def zero_grad(self) -> None:
         self.grads.zero_()

@@ -332,6 +332,7 @@ class Server:
         if len(self.core.choices) > self.logged_choices:
             self.logged_choices = log_new_choices(self.log, self.core.choices, self.logged_choices, s=self.spec.rank)
         batch = TensorBatch(self.blockstore)
+        updated: dict[tuple, list[int]] = {}  # the updates' records: one per set of blocks that moved alike
         for action in actions:
             if isinstance(action, act.Accept):
                 assert grads is not None, "the core accepted a gradient that no push carried"
@@ -361,16 +362,15 @@ class Server:
                 self.stop_requested = True
             elif isinstance(action, act.Apply):
                 batch.apply(action, self.core.steps_done() / self.policy.num_workers)
-                self.log.write(
-                    "update",
-                    s=self.spec.rank,
-                    j=action.block,
-                    v=action.version,
-                    step=action.step,
-                    by_deadline=action.by_deadline,
-                    k=self.core.k if action.quorum is None else action.quorum,
-                    contributors=[[w, u] for w, u, _ in action.contributors],
+                k = self.core.k if action.quorum is None else action.quorum
+                same = (
+                    action.version,
+                    action.step,
+                    action.by_deadline,
+                    k,
+                    tuple((w, u) for w, u, _ in action.contributors),
                 )
+                updated.setdefault(same, []).append(action.block)
             elif isinstance(action, act.Drop) and action.reason != "malformed":
                 self.log.write(
                     "drop",
@@ -381,6 +381,17 @@ class Server:
                     v=action.version,
                     reason=action.reason,
                 )
+        for (v, step, by_deadline, k, contributors), blocks in updated.items():
+            self.log.write(
+                "update",
+                s=self.spec.rank,
+                j=blocks,
+                v=v,
+                step=step,
+                by_deadline=by_deadline,
+                k=k,
+                contributors=[list(c) for c in contributors],
+            )
         for send, values in batch.done():
             self.unsent[send.worker].append(Reply(send.block, send.version, values))
 

@@ -430,7 +430,7 @@ class WorkerSession:
             if self.core.on_block(j, v, now):
                 fresh.append(self.layout.blocks[j])
                 payloads.append(values)
-        self.flat.install_all(fresh, payloads)
+        self.flat.install_all(fresh, msg.values if len(fresh) == len(msg.blocks) else payloads)
         self.traffic.installed += len(fresh)
 
     def count_bad(self, reason: str) -> None:
