@@ -19,6 +19,7 @@ choices (docs/guarantees.md).
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections import deque
 from collections.abc import Iterable
@@ -83,6 +84,7 @@ class _Round:
     key: int  # the version (server) or step (worker) it measures
     opened: float
     offsets: dict[int, float]  # party -> seconds after `opened` its first answer on `key` (or newer) came
+    quorum_wait: tuple[int, float] | None = None  # (q, the q-th smallest offset), kept for `_censored`
 
 
 class QuorumTuner:
@@ -122,7 +124,10 @@ class QuorumTuner:
         for rnd in self.open:
             if rnd.key > key:
                 break
-            rnd.offsets.setdefault(party, max(0.0, now - rnd.opened))
+            if party not in rnd.offsets:
+                offset = rnd.offsets[party] = max(0.0, now - rnd.opened)
+                if rnd.quorum_wait is not None and offset < rnd.quorum_wait[1]:
+                    rnd.quorum_wait = None
         return self._close_rounds(now, overhead)
 
     def set_members(self, members: Iterable[int], now: float | None, overhead: float = 0.0) -> Choice | None:
@@ -137,18 +142,19 @@ class QuorumTuner:
         rounds = [r for r in self.rounds if len(r) >= size]
         if size == 0 or len(rounds) < min_samples:
             return None
-        return [sum(r[q] for r in rounds) / len(rounds) for q in range(size)]
+        return [sum(column) / len(rounds) for column in itertools.islice(zip(*rounds), size)]
 
     # -- decisions -----------------------------------------------------------------------------------------
 
     def _close_rounds(self, now: float, overhead: float) -> Choice | None:
         choice = None
-        while self.open:
+        while self.open:  # O(1) per arrival until a round can be complete: a worker's tuner has B parties
             rnd = self.open[0]
-            missing = self.members - rnd.offsets.keys()
-            if missing and not self._censored(rnd, now):
+            complete = len(rnd.offsets) >= len(self.members) and self.members <= rnd.offsets.keys()
+            if not complete and not self._censored(rnd, now):
                 break
             self.open.popleft()
+            missing = self.members - rnd.offsets.keys()
             elapsed = max(0.0, now - rnd.opened)
             offsets = [rnd.offsets[p] for p in self.members if p in rnd.offsets] + [elapsed] * len(missing)
             self.rounds.append(sorted(offsets))
@@ -158,8 +164,9 @@ class QuorumTuner:
     def _censored(self, rnd: _Round, now: float) -> bool:
         if len(rnd.offsets) < self.value:
             return False
-        quorum_wait = heapq.nsmallest(self.value, rnd.offsets.values())[-1]
-        return now - rnd.opened > AUTO_CENSOR * max(quorum_wait, 1e-4)
+        if rnd.quorum_wait is None or rnd.quorum_wait[0] != self.value:  # once per round and quorum, not per arrival
+            rnd.quorum_wait = (self.value, heapq.nsmallest(self.value, rnd.offsets.values())[-1])
+        return now - rnd.opened > AUTO_CENSOR * max(rnd.quorum_wait[1], 1e-4)
 
     def _decide(self, now: float, overhead: float) -> Choice | None:
         """Re-evaluate after a closed round: the best quorum by rate, if it beats the current one clearly."""
