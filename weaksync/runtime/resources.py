@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import resource
+import time
 
 
 def peak_rss_bytes() -> int:
@@ -22,10 +23,15 @@ def private_dirty_bytes() -> int:
     raise RuntimeError("no Private_Dirty in /proc/self/smaps_rollup")
 
 
-def memory_figures() -> dict[str, int]:
-    """What a role's summary records about its memory: peak RSS, and how many objects it froze to keep
-    sharing them with the forkserver (see `freeze_inherited_objects`)."""
-    return {"peak_rss_bytes": peak_rss_bytes(), "gc_frozen_objects": gc.get_freeze_count()}
+def memory_figures() -> dict[str, int | float]:
+    """What a role's summary records about its resources: peak RSS, how many objects it froze to keep
+    sharing them with the forkserver (see `freeze_inherited_objects`), and the CPU seconds it used (all its
+    threads), which on a shared machine say more about a role's per-step cost than wall time does."""
+    return {
+        "peak_rss_bytes": peak_rss_bytes(),
+        "gc_frozen_objects": gc.get_freeze_count(),
+        "cpu_s": round(time.process_time(), 3),
+    }
 
 
 M_MMAP_THRESHOLD = -3  # glibc <malloc.h>
