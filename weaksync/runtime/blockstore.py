@@ -88,8 +88,8 @@ class BlockStore:
         """Average, then step a fresh copy of the values (copy-on-write). `progress` (average worker steps so
         far) drives the LR schedule; without it, the contributors' step does.
 
-        Replies hand the values tensor to ZeroMQ without copying, so a version is never written once it has
-        been published: the step goes into a new tensor that replaces it, and the old one lives on only until
+        A reply of one block hands its values tensor to ZeroMQ without copying (a reply of several joins them
+        into one frame first), so a version is never written once it has been published: the step goes into a new tensor that replaces it, and the old one lives on only until
         the replies still pointing at it are sent. Values double as the send buffer (3 copies of the share
         held, not 4), and no reply ever carries a half-written block."""
         if len({a.block for a in actions}) < len(actions):  # one block twice: in order, one at a time
