@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -46,9 +47,14 @@ def test_gradients_reach_the_push_vector_after_set_to_none() -> None:
     assert torch.count_nonzero(flat.grads) > 0
 
 
-def test_a_whole_reply_installs_in_one_indexed_copy_as_block_by_block() -> None:
-    """A decoded reply of a server's blocks (interleaved in θ) lands where the per-block copy puts it."""
+@pytest.mark.parametrize("indexed", [True, False])
+def test_a_whole_reply_installs_as_block_by_block(indexed: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decoded reply of a server's blocks (interleaved in θ) lands where the per-block copy puts it, by
+    one indexed copy (small blocks) or a copy per block (large ones)."""
+    from weaksync.runtime import flat as flat_module
     from weaksync.transport.messages import Blocks, decode, encode
+
+    monkeypatch.setattr(flat_module, "INDEXED_INSTALL_BLOCK", 1 << 20 if indexed else 0)
 
     layout = model_layout(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4)), num_servers=2, num_blocks=6)
     mine = [b for b in layout.blocks if layout.owners[b.index] == 1]

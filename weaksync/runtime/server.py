@@ -294,19 +294,15 @@ class Server:
         self.push_bytes += sum(grad.nbytes for grad in msg.grads)
         if len(set(msg.blocks)) < len(msg.blocks):  # one block twice: each gradient with its own actions
             for j, base, grad, problem in zip(msg.blocks, msg.bases, msg.grads, problems):
-                self.push_block(sock, msg, j, base, problem, now, {j: grad})
+                self.perform(sock, self.push_actions(msg, j, base, problem, now), {j: grad})
             return
         actions: list = []
         for j, base, problem in zip(msg.blocks, msg.bases, problems):
             actions += self.push_actions(msg, j, base, problem, now)
         self.perform(sock, actions, dict(zip(msg.blocks, msg.grads)))
 
-    def push_block(
-        self, sock: zmq.Socket, msg: Push, j: int, base: int, problem: str | None, now: float, grads: dict
-    ) -> None:
-        self.perform(sock, self.push_actions(msg, j, base, problem, now), grads)
-
     def push_actions(self, msg: Push, j: int, base: int, problem: str | None, now: float) -> list:
+        """The core's actions for one block of a push; a malformed payload is logged with what is wrong."""
         actions = self.core.on_push(msg.worker, j, base, msg.step, now, problem)
         if problem:
             self.log.write("drop", s=self.spec.rank, w=msg.worker, j=j, reason="malformed", detail=problem)
