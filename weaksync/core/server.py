@@ -286,9 +286,10 @@ class ServerCore:
             actions.append(Send(worker, block, state.version))
         else:
             state.parked[worker] = want_gt
-            self._note_held(block, worker, state, want_gt)
-            if self.held:  # this worker now waits for a round: a pull held for it may be what that round needs
-                actions += self._recheck_held()
+            if self.policy.ssp_slack is not None:  # only SSP holds pulls: the per-block pull path of the rest
+                self._note_held(block, worker, state, want_gt)
+                if self.held:  # this worker now waits for a round: a held pull may be what that round needs
+                    actions += self._recheck_held()
         return actions
 
     def on_timer(self, now: float) -> list[ServerAction]:
@@ -608,7 +609,7 @@ class ServerCore:
     def _note_held(self, block: int, worker: int, state: _BlockState, want_gt: int) -> None:
         """Remember a warm-up pull that only SSP's clock bound holds (its version is there): `_recheck_held`
         looks at it again as clocks move and workers park, which a plain SSP hold need not wait for."""
-        if self.policy.ssp_slack is not None and self._warming(state) and state.version > want_gt:
+        if self._warming(state) and state.version > want_gt:
             self.held.add((block, worker))
 
     def _recheck_held(self) -> list[ServerAction]:

@@ -30,7 +30,7 @@ class BlockStore:
     The blocks a message moves together are worked on together: one multi-tensor (`torch._foreach_*`)
     accumulation per push message and one optimizer step per batch of updates that share their learning rate
     and momentum, so the tensor work of a round does not grow by a Python call per block (docs/results.md,
-    "Messages and step time against B")."""
+    "Straggler-free cost of blocks")."""
 
     def __init__(
         self,
@@ -89,8 +89,9 @@ class BlockStore:
         far) drives the LR schedule; without it, the contributors' step does.
 
         A reply of one block hands its values tensor to ZeroMQ without copying (a reply of several joins them
-        into one frame first), so a version is never written once it has been published: the step goes into a new tensor that replaces it, and the old one lives on only until
-        the replies still pointing at it are sent. Values double as the send buffer (3 copies of the share
+        into one frame first), so a version is never written once it has been published: the step goes into a
+        new tensor that replaces it, and the old one lives on only until the replies still pointing at it are
+        sent. Values double as the send buffer (3 copies of the share
         held, not 4), and no reply ever carries a half-written block."""
         if len({a.block for a in actions}) < len(actions):  # one block twice: in order, one at a time
             for action in actions:

@@ -327,7 +327,7 @@ class Server:
         the version the core named): `send_replies` sends them, one message per worker."""
         if len(self.core.choices) > self.logged_choices:
             self.logged_choices = log_new_choices(self.log, self.core.choices, self.logged_choices, s=self.spec.rank)
-        batch = TensorBatch(self.blockstore)
+        batch = TensorBatch(self.blockstore, self.core.steps_done() / self.policy.num_workers)
         updated: dict[tuple, list[int]] = {}  # the updates' records: one per set of blocks that moved alike
         for action in actions:
             if isinstance(action, act.Accept):
@@ -357,7 +357,7 @@ class Server:
                 self.log.write("orphaned", s=self.spec.rank, waited=action.waited)
                 self.stop_requested = True
             elif isinstance(action, act.Apply):
-                batch.apply(action, self.core.steps_done() / self.policy.num_workers)
+                batch.apply(action)
                 k = self.core.k if action.quorum is None else action.quorum
                 same = (
                     action.version,

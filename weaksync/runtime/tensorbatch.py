@@ -18,10 +18,13 @@ from .blockstore import BlockStore
 class TensorBatch:
     """Accepts, updates and replies of one message (or timer), in the core's order as far as it matters."""
 
-    def __init__(self, store: BlockStore):
+    def __init__(self, store: BlockStore, progress: float | None = None):
+        """`progress`: the workers' average steps, for the LR schedule of every update in the batch (the core
+        made all of its actions before any is performed, so it is one value)."""
         self.store = store
+        self.progress = progress
         self.accepts: list[tuple[Accept, torch.Tensor]] = []
-        self.applies: list[tuple[Apply, float | None]] = []
+        self.applies: list[Apply] = []
         self.applying: set[int] = set()
         self.sends: list[Send] = []
         self.sending: set[int] = set()  # blocks whose replies take the values as they are before the next Apply
@@ -32,10 +35,10 @@ class TensorBatch:
             self.flush()
         self.accepts.append((action, payload))
 
-    def apply(self, action: Apply, progress: float | None) -> None:
+    def apply(self, action: Apply) -> None:
         if action.block in self.applying or action.block in self.sending:
             self.flush()
-        self.applies.append((action, progress))
+        self.applies.append(action)
         self.applying.add(action.block)
 
     def send(self, action: Send) -> None:
@@ -43,15 +46,11 @@ class TensorBatch:
         self.sending.add(action.block)
 
     def flush(self) -> None:
-        """Do the pending adds, then the pending updates (one batch per LR schedule position), then take the
-        replies' snapshots."""
+        """Do the pending adds, then the pending updates, then take the replies' snapshots."""
         if self.accepts:
             self.store.accept_many(self.accepts)
-        by_progress: dict[float | None, list[Apply]] = {}
-        for action, progress in self.applies:
-            by_progress.setdefault(progress, []).append(action)
-        for progress, actions in by_progress.items():
-            self.store.apply_many(actions, progress)
+        if self.applies:
+            self.store.apply_many(self.applies, self.progress)
         self.replies += [(send, self.store.snapshot(send.block)) for send in self.sends]
         self.accepts, self.applies, self.sends = [], [], []
         self.applying, self.sending = set(), set()
