@@ -131,7 +131,7 @@ def test_a_batch_of_updates_steps_exactly_as_one_update_at_a_time() -> None:
             for w, grad in zip(workers, grads):
                 accept = Accept(w, j, version - 1, version - 1, 1.0)
                 one.accept(accept, grad)
-                batched.accept_many([(accept, grad)])
+                batched.accept_many([(j, 1.0, grad)])
             actions.append(Apply(j, version, tuple((w, version - 1, 1.0) for w in workers), version, False))
         for action in actions:
             one.apply(action)

@@ -130,7 +130,16 @@ def test_the_simulator_takes_every_protocol_rule_from_the_core() -> None:
     imported = {alias.name for node in ast.walk(engine) if isinstance(node, ast.ImportFrom) for alias in node.names}
     assert {"ServerCore", "WorkerCore"} <= imported
     called = {n.func.attr for n in ast.walk(engine) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
-    assert {"on_push", "on_pull", "on_timer", "next_deadline", "on_block", "ready", "begin_step", "end_step"} <= called
+    assert {
+        "on_push_many",
+        "on_pull_many",
+        "on_timer",
+        "next_deadline",
+        "on_block",
+        "ready",
+        "begin_step",
+        "end_step",
+    } <= called
     rules = {"within_staleness", "quorum", "_close_if_due", "_servable", "staleness_bound", "steps_done"}
     for name, source in sources.items():
         tree = ast.parse(source)

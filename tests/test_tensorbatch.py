@@ -21,12 +21,12 @@ def test_an_accept_after_its_blocks_update_goes_into_the_next_round() -> None:
     store = linear_store(CFG, 2, 1, 1)
     start = store.snapshot(0).clone()
     batch = TensorBatch(store)
-    batch.accept(Accept(0, 0, 0, 0, 1.0), torch.ones(2))
+    batch.accept(Accept(0, 0, 0, 0, 1.0), [torch.ones(2)])
     batch.apply(update(1))
     batch.send(Send(0, 0, 1))
-    batch.accept(Accept(0, 0, 1, 1, 1.0), torch.full((2,), 3.0))  # the next round's gradient
+    batch.accept(Accept(0, 0, 1, 1, 1.0), [torch.full((2,), 3.0)])  # the next round's gradient
     replies = batch.done()
-    assert torch.equal(replies[0][1], start - 1.0), "the reply carries version 1: one step of gradient 1"
+    assert torch.equal(replies[0][1][0], start - 1.0), "the reply carries version 1: one step of gradient 1"
     batch.apply(update(2))
     batch.done()
     assert torch.equal(store.snapshot(0), start - 4.0), "the second gradient made the second update alone"
@@ -37,9 +37,9 @@ def test_a_reply_before_an_update_of_its_block_carries_the_version_before_it() -
     start = store.snapshot(0).clone()
     batch = TensorBatch(store)
     batch.send(Send(0, 0, 0))  # a pull answered with version 0 ...
-    batch.accept(Accept(0, 0, 0, 0, 1.0), torch.ones(2))
+    batch.accept(Accept(0, 0, 0, 0, 1.0), [torch.ones(2)])
     batch.apply(update(1))  # ... before the update to version 1 in the same batch
     batch.send(Send(1, 0, 1))
-    (first, old), (second, new) = batch.done()
+    (first, [old]), (second, [new]) = batch.done()
     assert (first.version, second.version) == (0, 1)
     assert torch.equal(old, start) and torch.equal(new, start - 1.0)

@@ -6,31 +6,54 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def _blocks(value: int | tuple[int, ...]) -> tuple[int, ...]:
+    """An action names the blocks it concerns as a tuple; one block may be given as a plain int."""
+    return (value,) if isinstance(value, int) else tuple(value)
+
+
+class _OnBlocks:
+    """An action on a group of blocks that share their protocol state (ServerCore's groups): what it says
+    holds for each of them. `block` is the one block of a one-block action."""
+
+    blocks: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.blocks, tuple):
+            object.__setattr__(self, "blocks", _blocks(self.blocks))
+
+    @property
+    def block(self) -> int:
+        if len(self.blocks) != 1:
+            raise ValueError(f"{type(self).__name__} concerns blocks {self.blocks}, not one block")
+        return self.blocks[0]
+
+
 @dataclass(frozen=True)
-class Accept:
-    """Add `weight` × this push's gradient to block's accumulator for the update to `version + 1`."""
+class Accept(_OnBlocks):
+    """Add `weight` × this push's gradient of each block to its accumulator for the update to `version + 1`."""
 
     worker: int
-    block: int
+    blocks: tuple[int, ...]
     base: int
     version: int
     weight: float
 
 
 @dataclass(frozen=True)
-class Drop:
-    """A push or pull that is not used; `reason` is one of DROP_REASONS (counted and logged)."""
+class Drop(_OnBlocks):
+    """A push or pull of `blocks` that is not used; `reason` is one of DROP_REASONS (counted and logged,
+    once per block)."""
 
     worker: int
-    block: int
+    blocks: tuple[int, ...]
     base: int
     version: int
     reason: str
 
 
 @dataclass(frozen=True)
-class Apply:
-    """Average the accepted contributions of `block`, take one optimizer step, and advance to `version`.
+class Apply(_OnBlocks):
+    """Average the accepted contributions of each of `blocks`, take one optimizer step, and advance to `version`.
 
     `contributors` are (worker, base version, weight) in arrival order; `step` is the largest worker step
     among them (drives the LR schedule); `by_deadline` tells the quorum was cut short by the push deadline
@@ -40,7 +63,7 @@ class Apply:
     contributors of a cut round (the LR rule scales by contributors / quorum; None: the policy's k).
     """
 
-    block: int
+    blocks: tuple[int, ...]
     version: int
     contributors: tuple[tuple[int, int, float], ...]
     step: int
@@ -50,11 +73,11 @@ class Apply:
 
 
 @dataclass(frozen=True)
-class Send:
-    """Send the current value of `block` (at `version`) to `worker`."""
+class Send(_OnBlocks):
+    """Send the current value of `blocks` (each at `version`) to `worker`."""
 
     worker: int
-    block: int
+    blocks: tuple[int, ...]
     version: int
 
 

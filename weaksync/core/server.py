@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 from collections import Counter, deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .actions import (
@@ -44,8 +44,14 @@ class _LateWatch:
     missing: set[int]
 
 
-@dataclass
+@dataclass(eq=False)
 class _BlockState:
+    """The protocol state of a group of blocks (`members`). Blocks that every event so far touched alike
+    share one state, so a message's rules run once for the group: a server's blocks start as one group and
+    stay one while pushes and pulls carry them together (the coalesced wire). An event that touches some
+    members only, or differently, splits the group first (`ServerCore._split`): every rule stays per block."""
+
+    members: tuple[int, ...] = ()
     version: int = 0
     contributors: dict[int, tuple[int, float, int]] = field(default_factory=dict)  # worker -> (base, weight, step)
     round_deadline: float | None = None  # push deadline
@@ -82,7 +88,9 @@ class ServerCore:
         self.budget = budget  # worker steps of the whole run (None: no end but the driver's)
         self.ended = False
         self.registration = registration
-        self.blocks: dict[int, _BlockState] = {j: _BlockState() for j in blocks}
+        self.groups: list[_BlockState] = []  # the distinct states, by their first block
+        self.blocks: dict[int, _BlockState] = {}  # block -> its group's state
+        self._regroup({j: 0 for j in blocks})
         self.members = Membership(policy.num_workers, expiry, orphan_after)
         self.live: set[int] = self.members.live  # the same set: the workers waited for
         self.clocks: dict[int, int] = {w: 0 for w in self.live}  # steps completed, the SSP clock
@@ -96,14 +104,14 @@ class ServerCore:
         self.folded = 0  # pushes added to a round their worker had already contributed to
         self.gradients_applied = 0  # pushes that went into an update
         self.staleness = 0.0  # moving average of version - base over accepted gradients
-        self.period: float | None = None  # moving average of the time between two updates of a block
+        self.period: float | None = None  # moving average of the time between two updates of the clock block
         self.late_after_quorum: deque[float] = deque(maxlen=GRACE_HISTORY)  # seconds, for the grace rule
         self.k = policy.k  # the push quorum in force (auto changes it) ...
         self.tau = policy.tau  # ... and with it the staleness bound
         n = policy.num_workers
         self.tuner = QuorumTuner("k", n, policy.k_min, n, start=policy.k) if policy.auto else None
-        self.clock_block = min(self.blocks, default=0)  # auto measures rounds on one block: they move together
-        self.held: set[tuple[int, int]] = set()  # (block, worker): warm-up pulls SSP holds at a newer version
+        self.clock_block = min(self.blocks, default=0)  # rounds are measured on one block (grace, auto)
+        self.held: set[tuple[int, int]] = set()  # (group's first block, worker): warm-up pulls SSP holds
 
     @property
     def choices(self) -> list[Choice]:
@@ -121,6 +129,58 @@ class ServerCore:
         round short."""
         state = self.blocks[block]
         return max(1, min(self._k(state), self._can_contribute(state)))
+
+    def _regroup(self, versions: dict[int, int]) -> None:
+        """Fresh states for blocks at these versions: one group per version."""
+        by_version: dict[int, list[int]] = {}
+        for j in sorted(versions):
+            by_version.setdefault(versions[j], []).append(j)
+        self.groups = [_BlockState(members=tuple(js), version=v) for v, js in by_version.items()]
+        self.groups.sort(key=lambda state: state.members[0])
+        self.blocks = {j: state for state in self.groups for j in state.members}
+
+    def _split(self, state: _BlockState, blocks: tuple[int, ...]) -> _BlockState:
+        """The state of `blocks` (distinct members of `state`'s group) on their own: the group itself when
+        they are all of it, else a copy that they take out of the group (O(group) only then)."""
+        if len(blocks) == len(state.members):
+            return state
+        taken = set(blocks)
+        first = state.members[0]
+        part = replace(
+            state,
+            members=tuple(j for j in state.members if j in taken),
+            contributors=dict(state.contributors),
+            late=None if state.late is None else replace(state.late, missing=set(state.late.missing)),
+            parked=dict(state.parked),
+            fresh=dict(state.fresh),
+            behind=set(state.behind),
+            riders=set(state.riders),
+        )
+        state.members = tuple(j for j in state.members if j not in taken)
+        for j in part.members:
+            self.blocks[j] = part
+        self.groups.append(part)
+        self.groups.sort(key=lambda s: s.members[0])
+        for key in [key for key in self.held if key[0] == first]:  # held pulls: keyed by each part's first block
+            self.held.discard(key)
+            self.held.update((s.members[0], key[1]) for s in (state, part) if key[1] in s.parked)
+        return part
+
+    def _parts(
+        self, blocks: tuple[int, ...], values: tuple[int, ...], problems: tuple[str | None, ...] | None
+    ) -> list[tuple[_BlockState | None, tuple[int, ...], int, str | None]]:
+        """A message's blocks cut into the parts its rules treat alike: blocks of one group with the same
+        base (or want) and payload verdict, in the order of each part's first block. Unknown blocks form
+        parts of their own (state None)."""
+        parts: dict[tuple[int, int, str | None], tuple[_BlockState | None, list[int]]] = {}
+        for j, value, problem in zip(blocks, values, problems or (None,) * len(blocks)):
+            state = self.blocks.get(j)
+            key = (id(state), value, problem)
+            if key in parts:
+                parts[key][1].append(j)
+            else:
+                parts[key] = (state, [j])
+        return [(state, tuple(js), key[1], key[2]) for key, (state, js) in parts.items()]
 
     def _can_contribute(self, state: _BlockState) -> int:
         """How many workers can be in this round: the live ones and those who already are. While every worker
@@ -164,12 +224,7 @@ class ServerCore:
 
     def next_deadline(self) -> float | None:
         """Earliest time `on_timer` has work to do (a push deadline, a grace, auto's cut, an expiry), or None."""
-        times = [
-            t
-            for s in self.blocks.values()
-            for t in (s.round_deadline, s.grace_deadline, s.cut_deadline)
-            if t is not None
-        ]
+        times = [t for s in self.groups for t in (s.round_deadline, s.grace_deadline, s.cut_deadline) if t is not None]
         member_deadline = self.members.next_deadline()
         if member_deadline is not None:
             times.append(member_deadline)
@@ -203,10 +258,37 @@ class ServerCore:
     ) -> list[ServerAction]:
         """A gradient for `block` computed from version `base`; `problem` is the driver's verdict on the payload
         (None when shape, dtype and values are fine). Ends the run (EndRun, once) when the step budget is spent."""
-        refused = self._arrival(worker, block, base, now)
-        if isinstance(refused, Drop):
-            return [refused]
-        return refused + self._on_push(worker, block, base, step, now, problem) + self._end_if_spent()
+        return self.on_push_many(worker, (block,), (base,), step, now, (problem,))
+
+    def on_push_many(
+        self,
+        worker: int,
+        blocks: tuple[int, ...],
+        bases: tuple[int, ...],
+        step: int,
+        now: float,
+        problems: tuple[str | None, ...] | None = None,
+    ) -> list[ServerAction]:
+        """One push message: a gradient for each of `blocks` computed from its `bases`. The same as a push per
+        block in the message's order, except that the blocks of one group with one base and verdict are judged
+        at once (one part): a message of a whole group costs one set of rules, whatever its size."""
+        if len(set(blocks)) < len(blocks):  # a block twice: in order, one at a time
+            verdicts = problems or (None,) * len(blocks)
+            return [
+                a
+                for j, base, problem in zip(blocks, bases, verdicts)
+                for a in self.on_push_many(worker, (j,), (base,), step, now, (problem,))
+            ]
+        actions: list[ServerAction] = []
+        for state, part, base, problem in self._parts(blocks, bases, problems):
+            if state is not None:
+                state = self._split(state, part)
+            refused = self._arrival(worker, part, base, state, now)
+            if isinstance(refused, Drop):
+                actions.append(refused)
+                continue
+            actions += refused + self._on_push(worker, state, part, base, step, now, problem) + self._end_if_spent()
+        return actions
 
     def _end_if_spent(self) -> list[ServerAction]:
         """EndRun, once, as soon as the workers' steps reach the budget (a push's step or a pull's clock)."""
@@ -216,32 +298,40 @@ class ServerCore:
         return [EndRun(self.steps_done())]
 
     def _on_push(
-        self, worker: int, block: int, base: int, step: int, now: float, problem: str | None
+        self,
+        worker: int,
+        state: _BlockState | None,
+        blocks: tuple[int, ...],
+        base: int,
+        step: int,
+        now: float,
+        problem: str | None,
     ) -> list[ServerAction]:
-        state = self.blocks.get(block)
+        """The rules for one part of a push (`blocks`: its group, or unknown blocks when `state` is None)."""
         version = state.version if state else -1
         was_behind = state is not None and worker in state.behind
         if state is not None:
             state.behind.discard(worker)  # it is back: waited for again
-        reason = self._push_problem(worker, block, base, state, problem)
+        reason = self._push_problem(worker, base, state, problem)
         if state is not None and reason in (None, "stale"):  # a late gradient, even one too late to use
             self._note_late(state, worker, base, now)
         if reason is not None:
-            actions: list[ServerAction] = [self._drop(worker, block, base, version, reason)]
+            actions: list[ServerAction] = [self._drop(worker, blocks, base, version, reason)]
             if reason in ("stale", "duplicate", "malformed"):
                 actions += self._advance_clock(worker, step + 1)  # unused, but the worker did finish the step
-            if reason == "stale":
-                actions += self._observe(worker, block, base, now)
+            if reason == "stale" and state is not None:
+                actions += self._observe(worker, state, base, now)
             return actions
         assert state is not None
         staleness = version - base
         weight = 1.0 / (1 + staleness) if self.policy.weighting == "inverse" else 1.0
         if not state.contributors and self.policy.push_deadline is not None:
             state.round_deadline = now + self.policy.push_deadline
-        actions: list[ServerAction] = [Accept(worker, block, base, version, weight)]
-        self.accepted[worker] += 1
+        actions: list[ServerAction] = [Accept(worker, state.members, base, version, weight)]
+        self.accepted[worker] += len(state.members)
         state.gradients += 1
-        self.staleness += STALENESS_SMOOTHING * (staleness - self.staleness)
+        for _ in state.members:  # the moving average takes each block's gradient, as a push per block would
+            self.staleness += STALENESS_SMOOTHING * (staleness - self.staleness)
         if self.tuner is not None and base == version:  # before the rules below may close the round
             state.fresh.setdefault(worker, now)
             state.riders.discard(worker)
@@ -250,28 +340,47 @@ class ServerCore:
         if worker in state.contributors:  # fold_repeats: add to this worker's contribution to the round
             first, total, last_step = state.contributors[worker]
             state.contributors[worker] = (min(first, base), total + weight, max(last_step, step))
-            self.folded += 1
+            self.folded += len(state.members)
         else:
             state.contributors[worker] = (base, weight, step)
-            actions += self._close_if_due(block, state, now)
+            actions += self._close_if_due(state, now)
         if self.tuner is not None and state.contributors:  # the round is still open
             state.cut_deadline = self._cut_deadline(state, now)
             if state.cut_deadline is not None and state.cut_deadline <= now:
-                actions += self._apply(block, state, now=now, cut=True)
+                actions += self._apply(state, now=now, cut=True)
         actions += self._advance_clock(worker, step + 1)
-        actions += self._observe(worker, block, base, now)
+        actions += self._observe(worker, state, base, now)
         return actions
 
     def on_pull(self, worker: int, block: int, want_gt: int, clock: int, now: float) -> list[ServerAction]:
         """A request for `block` once newer than `want_gt`; answered now or parked until it is, or, once the
         run has ended, with Finished."""
-        state = self.blocks.get(block)
+        return self.on_pull_many(worker, (block,), (want_gt,), clock, now)
+
+    def on_pull_many(
+        self, worker: int, blocks: tuple[int, ...], wants: tuple[int, ...], clock: int, now: float
+    ) -> list[ServerAction]:
+        """One pull message: each of `blocks` once newer than its `wants`. The same as a pull per block in
+        the message's order, with the blocks of one group and one want judged at once (see `on_push_many`)."""
+        if len(set(blocks)) < len(blocks):  # a block twice: in order, one at a time
+            return [a for j, want in zip(blocks, wants) for a in self.on_pull_many(worker, (j,), (want,), clock, now)]
+        actions: list[ServerAction] = []
+        for state, part, want, _ in self._parts(blocks, wants, None):
+            if state is not None:
+                state = self._split(state, part)
+            actions += self._on_pull(worker, state, part, want, clock, now)
+        return actions
+
+    def _on_pull(
+        self, worker: int, state: _BlockState | None, blocks: tuple[int, ...], want_gt: int, clock: int, now: float
+    ) -> list[ServerAction]:
+        """The rules for one part of a pull (`blocks`: its group, or unknown blocks when `state` is None)."""
         if state is None or worker not in self.clocks:
             reason = "unknown-block" if state is None else "unknown-worker"
-            return [self._drop(worker, block, want_gt, state.version if state else -1, reason)]
+            return [self._drop(worker, blocks, want_gt, state.version if state else -1, reason)]
         if self.ended:
             return [Finished(worker)]
-        arrival = self._arrival(worker, block, want_gt, now)
+        arrival = self._arrival(worker, blocks, want_gt, state, now)
         if isinstance(arrival, Drop):
             return [arrival]
         actions: list[ServerAction] = arrival
@@ -283,11 +392,11 @@ class ServerCore:
             state.parked.pop(worker, None)
             if state.opened is None:  # version 0: the round opens as the first worker starts on it
                 state.opened = now
-            actions.append(Send(worker, block, state.version))
+            actions.append(Send(worker, state.members, state.version))
         else:
             state.parked[worker] = want_gt
             if self.policy.ssp_slack is not None:  # only SSP holds pulls: the per-block pull path of the rest
-                self._note_held(block, worker, state, want_gt)
+                self._note_held(worker, state, want_gt)
                 if self.held:  # this worker now waits for a round: a held pull may be what that round needs
                     actions += self._recheck_held()
         return actions
@@ -296,13 +405,13 @@ class ServerCore:
         """Apply every block whose push deadline passed with at least one accepted contribution; stop waiting
         for workers silent past the expiry; tell when every worker has long been gone."""
         actions: list[ServerAction] = []
-        for block, state in self.blocks.items():
+        for state in self.groups:
             if state.round_deadline is not None and state.round_deadline <= now and state.contributors:
-                actions += self._apply(block, state, by_deadline=True, now=now)
+                actions += self._apply(state, by_deadline=True, now=now)
             elif state.grace_deadline is not None and state.grace_deadline <= now and state.contributors:
-                actions += self._apply(block, state, by_deadline=False, now=now)
+                actions += self._apply(state, by_deadline=False, now=now)
             elif state.cut_deadline is not None and state.cut_deadline <= now and state.contributors:
-                actions += self._apply(block, state, now=now, cut=True)
+                actions += self._apply(state, now=now, cut=True)
         for worker, silent_for in self.members.expired(now):
             self.members.depart(worker, "silent")
             actions.append(Expired(worker, silent_for))
@@ -329,7 +438,7 @@ class ServerCore:
             return []
         rejoined = self.members.register(worker, now)
         self.starting.add(worker)
-        for state in self.blocks.values():  # a new process: what the old one asked for is void
+        for state in self.groups:  # a new process: what the old one asked for is void
             state.parked.pop(worker, None)
         if rejoined:
             self._start_waiting(worker)
@@ -357,12 +466,13 @@ class ServerCore:
             return []
         return self._stop_waiting(worker, now, forget_pulls=True)
 
-    def _arrival(self, worker: int, block: int, base: int, now: float) -> list[ServerAction] | Drop:
+    def _arrival(
+        self, worker: int, blocks: tuple[int, ...], base: int, state: _BlockState | None, now: float
+    ) -> list[ServerAction] | Drop:
         """A push or pull from `worker`: refused before its hello (with registration), else it shows the
         worker is alive."""
         if self.registration and worker not in self.members.registered:
-            state = self.blocks.get(block)
-            return self._drop(worker, block, base, state.version if state else -1, "unregistered")
+            return self._drop(worker, blocks, base, state.version if state else -1, "unregistered")
         return self._revive_if_silent(worker, now)
 
     def _revive_if_silent(self, worker: int, now: float) -> list[ServerAction]:
@@ -383,14 +493,14 @@ class ServerCore:
         actions: list[ServerAction] = []
         if self.tuner is not None:
             actions += self._retune(self.tuner.set_members(self.live, now), now)
-        for block, state in self.blocks.items():
+        for state in list(self.groups):
             if forget_pulls:
                 state.parked.pop(worker, None)
             state.behind.discard(worker)
             if state.late is not None:
                 state.late.missing.discard(worker)
             if self._complete(state):
-                actions += self._close_if_due(block, state, now) if now is not None else self._apply(block, state)
+                actions += self._close_if_due(state, now) if now is not None else self._apply(state)
         if self.policy.ssp_slack is not None:
             actions += self._release_parked()
         return actions
@@ -411,8 +521,7 @@ class ServerCore:
         versions = {int(j): int(v) for j, v in doc["versions"].items()}
         if set(versions) != set(self.blocks):
             raise ValueError(f"checkpoint holds blocks {sorted(versions)}, this server owns {sorted(self.blocks)}")
-        for j, version in versions.items():
-            self.blocks[j].version = version
+        self._regroup(versions)
         for w, clock in doc["clocks"].items():
             if int(w) in self.clocks:
                 self.clocks[int(w)] = int(clock)
@@ -424,9 +533,7 @@ class ServerCore:
 
     # -- rules ---------------------------------------------------------------------------------------
 
-    def _push_problem(
-        self, worker: int, block: int, base: int, state: _BlockState | None, problem: str | None
-    ) -> str | None:
+    def _push_problem(self, worker: int, base: int, state: _BlockState | None, problem: str | None) -> str | None:
         if state is None:
             return "unknown-block"
         if worker not in self.clocks:
@@ -443,26 +550,27 @@ class ServerCore:
             return "duplicate"
         return None
 
-    def _drop(self, worker: int, block: int, base: int, version: int, reason: str) -> Drop:
-        self.drops[reason] += 1
+    def _drop(self, worker: int, blocks: tuple[int, ...], base: int, version: int, reason: str) -> Drop:
+        """A Drop of `blocks`, counted once per block."""
+        self.drops[reason] += len(blocks)
         if 0 <= worker < self.policy.num_workers:
-            self.dropped[worker] += 1
-        return Drop(worker, block, base, version, reason)
+            self.dropped[worker] += len(blocks)
+        return Drop(worker, blocks, base, version, reason)
 
-    def _close_if_due(self, block: int, state: _BlockState, now: float) -> list[ServerAction]:
+    def _close_if_due(self, state: _BlockState, now: float) -> list[ServerAction]:
         """Apply once every worker that can contribute did, or k did and the grace (if any) is over."""
         if len(state.contributors) >= self._can_contribute(state):
-            return self._apply(block, state, now=now)
+            return self._apply(state, now=now)
         if not self._complete(state):
             return []
         if state.quorum_time is None:
             state.quorum_time = now
             wait = self.grace()
             if wait <= 0:
-                return self._apply(block, state, now=now)
+                return self._apply(state, now=now)
             state.grace_deadline = now + wait
         if state.grace_deadline is None or now >= state.grace_deadline:
-            return self._apply(block, state, now=now)
+            return self._apply(state, now=now)
         return []
 
     def _cut_deadline(self, state: _BlockState, now: float) -> float | None:
@@ -488,7 +596,7 @@ class ServerCore:
 
     def _note_late(self, state: _BlockState, worker: int, base: int, now: float) -> None:
         """A missing worker's gradient for a round that closed without it: how late after k it came."""
-        watch = state.late
+        watch = state.late if self.blocks.get(self.clock_block) is state else None  # a split's copy: not measured
         if watch is None or worker not in watch.missing or base != watch.version:
             return
         watch.missing.discard(worker)
@@ -496,10 +604,10 @@ class ServerCore:
             self.late_after_quorum.append(now - watch.quorum_time)
             state.late = None
 
-    def _observe(self, worker: int, block: int, base: int, now: float) -> list[ServerAction]:
+    def _observe(self, worker: int, state: _BlockState, base: int, now: float) -> list[ServerAction]:
         """auto: a gradient on version `base` of the clock block arrived (after this push's rules ran, so the
         push was judged by the k and τ in force when it came)."""
-        if self.tuner is None or block != self.clock_block:
+        if self.tuner is None or self.blocks.get(self.clock_block) is not state:
             return []
         return self._retune(self.tuner.arrive(worker, base, now), now)
 
@@ -510,13 +618,13 @@ class ServerCore:
         self.k = choice.value
         self.tau = staleness_bound(self.policy.num_workers, self.k)
         actions: list[ServerAction] = []
-        for j, state in self.blocks.items():
+        for state in list(self.groups):
             if self._complete(state):
-                actions += self._apply(j, state, now=now)
+                actions += self._apply(state, now=now)
         return actions
 
     def _apply(
-        self, block: int, state: _BlockState, by_deadline: bool = False, now: float | None = None, cut: bool = False
+        self, state: _BlockState, by_deadline: bool = False, now: float | None = None, cut: bool = False
     ) -> list[ServerAction]:
         """Close the round. A cut (auto) is this round's choice of quorum: the m gradients it holds are a
         full quorum of m for the LR (as a backup quorum is), not a short round of k; it counts as a
@@ -531,9 +639,9 @@ class ServerCore:
         if now is not None:
             self._record_round(state, now)
         state.version += 1
-        if self.tuner is not None and now is not None and block == self.clock_block:
+        if self.tuner is not None and now is not None and self.blocks.get(self.clock_block) is state:
             self.tuner.start_round(state.version, now)  # how long until each worker pushes on this version
-        self.gradients_applied += state.gradients
+        self.gradients_applied += state.gradients * len(state.members)
         state.gradients = 0
         if self.tuner is not None:  # who this round closed without (O(N) only when it did, or a worker left)
             everyone = len(self.live) == self.policy.num_workers  # then N contributors are all of them
@@ -546,19 +654,21 @@ class ServerCore:
         state.fresh = {}
         state.riders = set()
         state.cut_deadline = None
-        self.updates += 1
+        self.updates += len(state.members)
         actions: list[ServerAction] = [
-            Apply(block, state.version, contributors, step, by_deadline, round(self.staleness, 6), quorum)
+            Apply(state.members, state.version, contributors, step, by_deadline, round(self.staleness, 6), quorum)
         ]
-        actions += self._answer_parked(block, state)
+        actions += self._answer_parked(state)
         return actions
 
     def _record_round(self, state: _BlockState, now: float) -> None:
         """Round period and lateness figures for `grace`, taken as a round closes at `now`."""
-        if state.last_apply is not None:
-            period = now - state.last_apply
+        last, state.last_apply, state.opened = state.last_apply, now, now
+        if self.blocks.get(self.clock_block) is not state:  # rounds are measured on one block, as auto's are
+            return
+        if last is not None:
+            period = now - last
             self.period = period if self.period is None else self.period + PERIOD_SMOOTHING * (period - self.period)
-        state.last_apply = state.opened = now
         if self.policy.grace is None:
             return
         if state.late is not None:  # the previous round's missing worker never came: later than this
@@ -595,7 +705,7 @@ class ServerCore:
         limit = self.clocks[worker] - slack
         return all(state.parked.get(w, -1) >= state.version for w in self.live if self.clocks[w] < limit)
 
-    def _answer_parked(self, block: int, state: _BlockState) -> list[ServerAction]:
+    def _answer_parked(self, state: _BlockState) -> list[ServerAction]:
         # the slowest clock once for all parked pulls (it cannot move here): O(N) per update, not O(N²)
         floor = self._min_clock() if self.policy.ssp_slack is not None and state.parked else None
         ready = [w for w, want in state.parked.items() if self._servable(w, state, want, floor)]
@@ -603,27 +713,27 @@ class ServerCore:
             del state.parked[w]
         if self.policy.ssp_slack is not None and self._warming(state):
             for w, want in state.parked.items():
-                self._note_held(block, w, state, want)
-        return [Send(w, block, state.version) for w in ready]
+                self._note_held(w, state, want)
+        return [Send(w, state.members, state.version) for w in ready]
 
-    def _note_held(self, block: int, worker: int, state: _BlockState, want_gt: int) -> None:
+    def _note_held(self, worker: int, state: _BlockState, want_gt: int) -> None:
         """Remember a warm-up pull that only SSP's clock bound holds (its version is there): `_recheck_held`
         looks at it again as clocks move and workers park, which a plain SSP hold need not wait for."""
         if self._warming(state) and state.version > want_gt:
-            self.held.add((block, worker))
+            self.held.add((state.members[0], worker))
 
     def _recheck_held(self) -> list[ServerAction]:
         """Answer the held warm-up pulls that `_round_waits_for` now says must go (O(1) when none are held)."""
         actions: list[ServerAction] = []
-        for block, worker in sorted(self.held):
-            state = self.blocks[block]
+        for first, worker in sorted(self.held):
+            state = self.blocks[first]
             want = state.parked.get(worker)
             if want is None or not self._warming(state):  # answered, forgotten, or under the plain SSP rule now
-                self.held.discard((block, worker))
+                self.held.discard((first, worker))
             elif self._servable(worker, state, want):
                 del state.parked[worker]
-                self.held.discard((block, worker))
-                actions.append(Send(worker, block, state.version))
+                self.held.discard((first, worker))
+                actions.append(Send(worker, state.members, state.version))
         return actions
 
     def _min_clock(self) -> float:
@@ -650,6 +760,6 @@ class ServerCore:
 
     def _release_parked(self) -> list[ServerAction]:
         actions: list[ServerAction] = []
-        for block, state in self.blocks.items():
-            actions += self._answer_parked(block, state)
+        for state in self.groups:
+            actions += self._answer_parked(state)
         return actions

@@ -57,12 +57,12 @@ def log_new_choices(log: EventLog, choices: Sequence[Any], logged: int, **who: A
 
 
 def per_block(events: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """The events with each "update" record split into one per block. A server writes one record for the
-    blocks a message or timer updated alike (same version, step, quorum and contributors: all of them in a
-    round without stragglers), `j` listing them: at B = 256 a server's 128 JSON lines a round were 3–5 % of
-    its py-spy samples. Records of older runs name one block."""
+    """The events with each "update" or "drop" record split into one per block. A server writes one record
+    for the blocks a message or timer updated (or dropped) alike (same version, step, quorum and
+    contributors: all of them in a round without stragglers), `j` listing them: at B = 256 a server's 128
+    JSON lines a round were 3–5 % of its py-spy samples. Records of older runs name one block."""
     for e in events:
-        if e["ev"] == "update" and isinstance(e["j"], list):
+        if e["ev"] in ("update", "drop") and isinstance(e.get("j"), list):
             for j in e["j"]:
                 yield {**e, "j": j}
         else:

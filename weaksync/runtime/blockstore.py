@@ -64,18 +64,20 @@ class BlockStore:
         self.optimizer = make_optimizer(list(self.params.values())) if self.params else None
 
     def accept(self, action: Accept, payload: torch.Tensor) -> None:
-        self.accept_many([(action, payload)])
+        """One block's accepted gradient (`action` names one block)."""
+        self.accept_many([(action.block, action.weight, payload)])
 
-    def accept_many(self, accepted: list[tuple[Accept, torch.Tensor]]) -> None:
-        """Add each payload, times its weight, to its block's accumulator: one fused add per weight."""
-        by_weight: dict[float, list[tuple[Accept, torch.Tensor]]] = defaultdict(list)
-        for action, payload in accepted:
-            by_weight[action.weight].append((action, payload))
+    def accept_many(self, accepted: list[tuple[int, float, torch.Tensor]]) -> None:
+        """Add each (block, weight, payload), times its weight, to its block's accumulator: one fused add per
+        weight."""
+        by_weight: dict[float, list[tuple[int, torch.Tensor]]] = defaultdict(list)
+        for j, weight, payload in accepted:
+            by_weight[weight].append((j, payload))
         for weight, items in by_weight.items():
-            blocks = [a.block for a, _ in items]
+            blocks = [j for j, _ in items]
             if len(set(blocks)) < len(blocks):  # one block twice: the fused add needs distinct accumulators
-                for action, payload in items:
-                    self.acc[action.block].add_(payload, alpha=weight)
+                for j, payload in items:
+                    self.acc[j].add_(payload, alpha=weight)
             else:
                 torch._foreach_add_([self.acc[j] for j in blocks], [p for _, p in items], alpha=weight)
             for j in blocks:
@@ -93,21 +95,20 @@ class BlockStore:
         new tensor that replaces it, and the old one lives on only until the replies still pointing at it are
         sent. Values double as the send buffer (3 copies of the share
         held, not 4), and no reply ever carries a half-written block."""
-        if len({a.block for a in actions}) < len(actions):  # one block twice: in order, one at a time
+        blocks = [j for a in actions for j in a.blocks]
+        if len(set(blocks)) < len(blocks):  # one block twice: in order, one at a time
             for action in actions:
                 self.apply_many([action], progress)
             return
-        blocks = [a.block for a in actions]
         fresh = {j: self.values[j].clone() for j in blocks}
         accs = [self.acc[j] for j in blocks]
         torch._foreach_div_(accs, [self.weight_sum[j] for j in blocks])
-        stepped = [a for a in actions if self.blocks[a.block].num_params]
-        for action in stepped:  # the optimizer keys its state by the Parameter object, not its storage
-            j = action.block
+        stepped = [j for j in blocks if self.blocks[j].num_params]
+        for j in stepped:  # the optimizer keys its state by the Parameter object, not its storage
             self.params[j].data = fresh[j][: self.blocks[j].num_params]
         if self.clip is not None and stepped:
-            self._clip_many([a.block for a in stepped])
-        for hyper, batch in self._by_hyper(stepped, progress).items():
+            self._clip_many(stepped)
+        for hyper, batch in self._by_hyper(actions, progress).items():
             self._step(batch, *hyper)
         for j in blocks:
             n = self.blocks[j].num_params
@@ -119,15 +120,18 @@ class BlockStore:
             self.values[j] = fresh[j]
 
     def _by_hyper(self, actions: list[Apply], progress: float | None) -> dict[tuple, list[int]]:
-        """The blocks of a batch grouped by the learning rate and momentum their updates take."""
+        """The blocks with parameters of a batch, grouped by the learning rate and momentum their updates take."""
         groups: dict[tuple, list[int]] = defaultdict(list)
         for action in actions:
+            blocks = [j for j in action.blocks if self.blocks[j].num_params]
+            if not blocks:
+                continue
             lr = self.lr_at(action.step if progress is None else progress, len(action.contributors), action.quorum)
             momentum = None
             if self.momentum_at is not None:  # also once it was lowered to 0: staleness may fall again
                 momentum, lr_factor = self.momentum_at(action.staleness)
                 lr *= lr_factor
-            groups[(lr, momentum)].append(action.block)
+            groups[(lr, momentum)].extend(blocks)
         return groups
 
     def _step(self, blocks: list[int], lr: float, momentum: float | None) -> None:

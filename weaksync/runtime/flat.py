@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..core.layout import Block, BlockLayout, TensorSpec, build_layout, order_tensors, resolve_num_blocks
+from ..transport.messages import Payloads
 
 
 def tensor_specs(model: nn.Module) -> tuple[TensorSpec, ...]:
@@ -99,13 +100,27 @@ class FlatModel:
         flat = getattr(payloads, "flat", None)
         small = flat is not None and flat.numel() < INDEXED_INSTALL_BLOCK * len(blocks)
         if small and len(blocks) == len(payloads):
-            key = tuple(b.index for b in blocks)
-            index = self.positions.get(key)
-            if index is None:
-                index = self.positions[key] = torch.cat([torch.arange(b.start, b.stop) for b in blocks])
-            self.values.index_copy_(0, index, flat)
+            self.values.index_copy_(0, self._positions(blocks), flat)
             return
         torch._foreach_copy_([self.values[b.start : b.stop] for b in blocks], list(payloads))
+
+    def gather(self, vector: torch.Tensor, blocks: Sequence[Block]) -> Sequence[torch.Tensor]:
+        """The slices of `vector` (a push vector) for a push of `blocks`: small blocks as one indexed copy
+        into the message's payload (`Payloads`, sent as is), as a reply of them is installed; large ones as
+        views, which the message joins (one copy either way)."""
+        total = sum(b.stop - b.start for b in blocks)
+        if len(blocks) > 1 and total < INDEXED_INSTALL_BLOCK * len(blocks):
+            flat = vector.index_select(0, self._positions(blocks))
+            return Payloads.of(flat.split([b.stop - b.start for b in blocks]), flat)
+        return tuple(vector[b.start : b.stop] for b in blocks)
+
+    def _positions(self, blocks: Sequence[Block]) -> torch.Tensor:
+        """The positions in θ of a set of blocks, in their order (kept: replies and pushes repeat the same sets)."""
+        key = tuple(b.index for b in blocks)
+        index = self.positions.get(key)
+        if index is None:
+            index = self.positions[key] = torch.cat([torch.arange(b.start, b.stop) for b in blocks])
+        return index
 
     def zero_grad(self) -> None:
         self.grads.zero_()

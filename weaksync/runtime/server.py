@@ -257,10 +257,7 @@ class Server:
                 self.push(sock, msg, now)
             case Pull():
                 self.pull_msgs += 1
-                actions: list = []
-                for j, want in zip(msg.blocks, msg.wants):
-                    actions += self.core.on_pull(msg.worker, j, want, msg.clock, now)
-                self.perform(sock, actions)
+                self.perform(sock, self.core.on_pull_many(msg.worker, msg.blocks, msg.wants, msg.clock, now))
             case Hello():
                 self.hello(sock, identity, msg, now)
             case Bye():
@@ -280,9 +277,9 @@ class Server:
         self.send_replies(sock)
 
     def push(self, sock: zmq.Socket, msg: Push, now: float) -> None:
-        """Each block's gradient goes to the core in the message's order (the rules are per block); the tensor
-        work of the whole message is then done together (`TensorBatch`), and the replies the updates release
-        leave together, after the whole message (`send_replies`)."""
+        """The message goes to the core whole (its rules run once per group of blocks it carries alike); the
+        tensor work of the whole message is then done together (`TensorBatch`), and the replies the updates
+        release leave together, after the whole message (`send_replies`)."""
         if msg.sent_at is not None:  # one-way delay of this link (clocks of one host, or NTP-synced hosts)
             self.push_delays[msg.worker].append(time.time() - msg.sent_at)
         self.push_msgs += 1
@@ -292,21 +289,15 @@ class Server:
         sizes = [blocks[j].size if j in blocks else None for j in msg.blocks]
         problems = payload_problems(msg.grads, sizes)
         self.push_bytes += sum(grad.nbytes for grad in msg.grads)
+        for j, problem in zip(msg.blocks, problems):
+            if problem:
+                self.log.write("drop", s=self.spec.rank, w=msg.worker, j=j, reason="malformed", detail=problem)
         if len(set(msg.blocks)) < len(msg.blocks):  # one block twice: each gradient with its own actions
             for j, base, grad, problem in zip(msg.blocks, msg.bases, msg.grads, problems):
-                self.perform(sock, self.push_actions(msg, j, base, problem, now), {j: grad})
+                self.perform(sock, self.core.on_push(msg.worker, j, base, msg.step, now, problem), {j: grad})
             return
-        actions: list = []
-        for j, base, problem in zip(msg.blocks, msg.bases, problems):
-            actions += self.push_actions(msg, j, base, problem, now)
+        actions = self.core.on_push_many(msg.worker, msg.blocks, msg.bases, msg.step, now, tuple(problems))
         self.perform(sock, actions, dict(zip(msg.blocks, msg.grads)))
-
-    def push_actions(self, msg: Push, j: int, base: int, problem: str | None, now: float) -> list:
-        """The core's actions for one block of a push; a malformed payload is logged with what is wrong."""
-        actions = self.core.on_push(msg.worker, j, base, msg.step, now, problem)
-        if problem:
-            self.log.write("drop", s=self.spec.rank, w=msg.worker, j=j, reason="malformed", detail=problem)
-        return actions
 
     def hello(self, sock: zmq.Socket, identity: bytes, msg: Hello, now: float) -> None:
         problem = None
@@ -332,7 +323,7 @@ class Server:
         for action in actions:
             if isinstance(action, act.Accept):
                 assert grads is not None, "the core accepted a gradient that no push carried"
-                batch.accept(action, grads[action.block])
+                batch.accept(action, [grads[j] for j in action.blocks])
             elif isinstance(action, act.Send):
                 batch.send(action)
             elif isinstance(action, act.EndRun):
@@ -366,13 +357,13 @@ class Server:
                     k,
                     tuple((w, u) for w, u, _ in action.contributors),
                 )
-                updated.setdefault(same, []).append(action.block)
+                updated.setdefault(same, []).extend(action.blocks)
             elif isinstance(action, act.Drop) and action.reason != "malformed":
                 self.log.write(
                     "drop",
                     s=self.spec.rank,
                     w=action.worker,
-                    j=action.block,
+                    j=list(action.blocks),
                     base=action.base,
                     v=action.version,
                     reason=action.reason,
@@ -389,7 +380,7 @@ class Server:
                 contributors=[list(c) for c in contributors],
             )
         for send, values in batch.done():
-            self.unsent[send.worker].append(Reply(send.block, send.version, values))
+            self.unsent[send.worker] += [Reply(j, send.version, v) for j, v in zip(send.blocks, values)]
 
     def route(self, worker: int) -> bytes:
         """Where replies to a worker go: the socket its last hello, push or pull came from."""

@@ -9,6 +9,8 @@ Apply never overtakes an earlier Apply of its block or a reply that must carry t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from ..core.actions import Accept, Apply, Send
@@ -23,27 +25,28 @@ class TensorBatch:
         made all of its actions before any is performed, so it is one value)."""
         self.store = store
         self.progress = progress
-        self.accepts: list[tuple[Accept, torch.Tensor]] = []
+        self.accepts: list[tuple[int, float, torch.Tensor]] = []  # (block, weight, gradient)
         self.applies: list[Apply] = []
         self.applying: set[int] = set()
         self.sends: list[Send] = []
         self.sending: set[int] = set()  # blocks whose replies take the values as they are before the next Apply
-        self.replies: list[tuple[Send, torch.Tensor]] = []
+        self.replies: list[tuple[Send, list[torch.Tensor]]] = []
 
-    def accept(self, action: Accept, payload: torch.Tensor) -> None:
-        if action.block in self.applying:  # the gradient belongs to the round after that update
+    def accept(self, action: Accept, payloads: Sequence[torch.Tensor]) -> None:
+        """The gradients of `action`'s blocks, in its order."""
+        if not self.applying.isdisjoint(action.blocks):  # the gradient belongs to the round after that update
             self.flush()
-        self.accepts.append((action, payload))
+        self.accepts += [(j, action.weight, payload) for j, payload in zip(action.blocks, payloads)]
 
     def apply(self, action: Apply) -> None:
-        if action.block in self.applying or action.block in self.sending:
+        if not (self.applying.isdisjoint(action.blocks) and self.sending.isdisjoint(action.blocks)):
             self.flush()
         self.applies.append(action)
-        self.applying.add(action.block)
+        self.applying.update(action.blocks)
 
     def send(self, action: Send) -> None:
         self.sends.append(action)
-        self.sending.add(action.block)
+        self.sending.update(action.blocks)
 
     def flush(self) -> None:
         """Do the pending adds, then the pending updates, then take the replies' snapshots."""
@@ -51,12 +54,12 @@ class TensorBatch:
             self.store.accept_many(self.accepts)
         if self.applies:
             self.store.apply_many(self.applies, self.progress)
-        self.replies += [(send, self.store.snapshot(send.block)) for send in self.sends]
+        self.replies += [(send, [self.store.snapshot(j) for j in send.blocks]) for send in self.sends]
         self.accepts, self.applies, self.sends = [], [], []
         self.applying, self.sending = set(), set()
 
-    def done(self) -> list[tuple[Send, torch.Tensor]]:
-        """Flush, and hand over every reply with the values it carries."""
+    def done(self) -> list[tuple[Send, list[torch.Tensor]]]:
+        """Flush, and hand over every reply with the values it carries (one tensor per block)."""
         self.flush()
         replies, self.replies = self.replies, []
         return replies

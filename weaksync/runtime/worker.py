@@ -301,7 +301,7 @@ class WorkerSession:
         push_bytes, messages = 0, messages_by_server(pushes, layout.owners, self.coalesce, layout.block_bytes)
         for server, items in messages:
             blocks, bases = tuple(p.block for p in items), tuple(p.base for p in items)
-            grads = tuple(vector[layout.blocks[j].start : layout.blocks[j].stop] for j in blocks)
+            grads = self.flat.gather(vector, [layout.blocks[j] for j in blocks])
             nbytes = sum(layout.block_bytes[j] for j in blocks)
             frames = encode(Push(self.id, plan.step, blocks, bases, grads, sent_at=time.time()))
             self.send(server, frames, nbytes, plan.step)

@@ -19,7 +19,7 @@ import time as wallclock
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -33,6 +33,13 @@ from ..stragglers.delays import Delayer, StragglerRule, delayer_for
 from .timing import ComputeClock, SendClock, TimeModel
 
 PULL_BYTES = 16  # a pull's payload: block, want, clock
+
+
+class BlockReply(NamedTuple):
+    """One block of a reply (a Send names a group of blocks; the wire cuts them into messages block by block)."""
+
+    block: int
+    version: int
 
 
 @dataclass
@@ -176,9 +183,9 @@ class Simulation:
             self.transmit(self.worker_hosts[w], self.server_hosts[s], nbytes, self.on_pushes, (s, w, part), delay)
 
     def send_replies(self, s: int, sends: Sequence[act.Send]) -> None:
-        per_worker: dict[int, list[act.Send]] = defaultdict(list)
+        per_worker: dict[int, list[BlockReply]] = defaultdict(list)
         for send in sends:
-            per_worker[send.worker].append(send)
+            per_worker[send.worker] += [BlockReply(j, send.version) for j in send.blocks]
         server_wait = self.reply_delay[s]
         for w, items in per_worker.items():
             for _, part in messages_by_server(items, self.block_server, self.coalesce, self.block_bytes):
@@ -192,12 +199,13 @@ class Simulation:
     # -- servers ---------------------------------------------------------------------------------------
 
     def on_pushes(self, s: int, w: int, pushes: list[act.PushRequest]) -> None:
-        core = self.servers[s]
-        self.perform(s, [a for p in pushes for a in core.on_push(w, p.block, p.base, p.step, self.now)])
+        """One push message (of one step), to the core whole, as the runtime hands it."""
+        blocks, bases = tuple(p.block for p in pushes), tuple(p.base for p in pushes)
+        self.perform(s, self.servers[s].on_push_many(w, blocks, bases, pushes[0].step, self.now))
 
     def on_pulls(self, s: int, w: int, pulls: list[act.PullRequest]) -> None:
-        core = self.servers[s]
-        self.perform(s, [a for p in pulls for a in core.on_pull(w, p.block, p.want_gt, p.clock, self.now)])
+        blocks, wants = tuple(p.block for p in pulls), tuple(p.want_gt for p in pulls)
+        self.perform(s, self.servers[s].on_pull_many(w, blocks, wants, pulls[0].clock, self.now))
 
     def server_timer(self, s: int) -> None:
         if self.server_timer_at[s] is None or self.server_timer_at[s] > self.now:
@@ -211,12 +219,12 @@ class Simulation:
             if isinstance(a, act.Send):
                 sends.append(a)
             elif isinstance(a, act.Accept):
-                self.accepted += 1
+                self.accepted += len(a.blocks)
             elif isinstance(a, act.Apply):
-                self.updates += 1
-                self.update_times.append(self.now)
+                self.updates += len(a.blocks)
+                self.update_times += [self.now] * len(a.blocks)
             elif isinstance(a, act.Drop):
-                self.drops[a.reason] += 1
+                self.drops[a.reason] += len(a.blocks)
             elif isinstance(a, act.EndRun):
                 self.ended_at = self.now
         if sends:
@@ -228,7 +236,7 @@ class Simulation:
 
     # -- workers ---------------------------------------------------------------------------------------
 
-    def on_replies(self, w: int, sends: list[act.Send]) -> None:
+    def on_replies(self, w: int, sends: list[BlockReply]) -> None:
         core = self.workers[w]
         for x in sends:
             core.on_block(x.block, x.version, self.now)
