@@ -135,7 +135,7 @@ def test_the_simulator_takes_every_protocol_rule_from_the_core() -> None:
         "on_pull_many",
         "on_timer",
         "next_deadline",
-        "on_block",
+        "on_blocks",
         "ready",
         "begin_step",
         "end_step",

@@ -22,7 +22,7 @@ import heapq
 import itertools
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 AUTO_WINDOW = 32  # closed rounds the estimate averages over
@@ -128,6 +128,20 @@ class QuorumTuner:
                 offset = rnd.offsets[party] = max(0.0, now - rnd.opened)
                 if rnd.quorum_wait is not None and offset < rnd.quorum_wait[1]:
                     rnd.quorum_wait = None
+        return self._close_rounds(now, overhead)
+
+    def arrive_many(self, parties: Sequence[int], key: int, now: float, overhead: float = 0.0) -> Choice | None:
+        """Several parties answered on `key` at `now` (a message's blocks): as `arrive` for each, with the
+        rounds they complete closed once, after all of them (a closed round's figures are the same)."""
+        for rnd in self.open:
+            if rnd.key > key:
+                break
+            offsets = rnd.offsets
+            offset = max(0.0, now - rnd.opened)
+            size = len(offsets)
+            offsets.update((party, offset) for party in parties if party not in offsets)
+            if len(offsets) > size and rnd.quorum_wait is not None and offset < rnd.quorum_wait[1]:
+                rnd.quorum_wait = None  # the cached q-th offset moved
         return self._close_rounds(now, overhead)
 
     def set_members(self, members: Iterable[int], now: float | None, overhead: float = 0.0) -> Choice | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import statistics
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .actions import PullRequest, PushRequest
@@ -87,21 +87,37 @@ class WorkerCore:
 
     def on_block(self, block: int, version: int, now: float | None = None) -> bool:
         """A reply arrived. True: install its data (it is newer than the local copy)."""
-        self.outstanding.discard(block)
-        if version <= self.versions[block]:
-            self.ignored_replies += 1
-            return False
-        self.versions[block] = version
-        first = block not in self.refreshed
-        self.refreshed.add(block)
-        if self.tuner is not None and now is not None:  # the block is fresh for every step that ended before
-            self._retune(self.tuner.arrive(block, self.step, now, overhead=self.compute or 0.0))
-        if now is not None and first:
-            fresh = len(self.refreshed)  # `_b` is O(B) in a warm-up: asked only at the two counts it can be
-            if self.quorum_at is None and fresh in (self.b, self.policy.num_blocks) and fresh == self._b():
+        return bool(self.on_blocks((block,), (version,), now))
+
+    def on_blocks(self, blocks: Sequence[int], versions: Sequence[int], now: float | None = None) -> list[int]:
+        """A reply message arrived with `blocks` at `versions`: the positions in it whose data to install
+        (newer than the local copy). The same as `on_block` for each, in order, except that `auto`'s tuner
+        takes the message's fresh blocks together, and the b in force after it decides whether the wait
+        met its quorum with them."""
+        held = self.versions
+        self.outstanding.difference_update(blocks)
+        fresh = [i for i, (j, v) in enumerate(zip(blocks, versions)) if v > held[j]]
+        self.ignored_replies += len(blocks) - len(fresh)
+        if not fresh:
+            return fresh
+        refreshed = self.refreshed
+        before = len(refreshed)
+        first = []
+        for i in fresh:
+            j = blocks[i]
+            held[j] = versions[i]
+            if j not in refreshed:
+                refreshed.add(j)
+                first.append(j)
+        if now is None:
+            return fresh
+        if self.tuner is not None:  # the blocks are fresh for every step that ended before
+            self._retune(self.tuner.arrive_many([blocks[i] for i in fresh], self.step, now, self.compute or 0.0))
+        if first:
+            if self.quorum_at is None and before < self._b() <= len(refreshed):  # the count passed b with them
                 self.quorum_at = now
-            self._note_late(block, now)
-        return True
+            self._note_late(first, now)
+        return fresh
 
     def grace(self) -> float:
         """The longest a step waits for the remaining blocks once b are fresh: `policy.grace` × the compute time
@@ -211,18 +227,30 @@ class WorkerCore:
             return None
         return self.wait_started + self.policy.pull_deadline
 
-    def _note_late(self, block: int, now: float) -> None:
-        """How long after the quorum this block came, for `awaited`."""
+    def _note_late(self, blocks: list[int], now: float) -> None:
+        """How long after the quorum these blocks (of one message) came, for `awaited` (which only a grace
+        reads)."""
+        if self.policy.grace is None:
+            return
+        history = self.late_after_quorum
         watch = self.late_watch
-        if watch is not None and block in watch[1]:  # missed the step that began without it
-            watch[1].discard(block)
-            self.late_after_quorum[block].append(now - watch[0])
-            if not watch[1]:
+        if watch is not None:  # those that missed the step that began without them
+            missed, rest = watch[1], []
+            for j in blocks:
+                if j in missed:
+                    missed.discard(j)
+                    history[j].append(now - watch[0])
+                else:
+                    rest.append(j)
+            if not missed:
                 self.late_watch = None
-        elif self.quorum_at is None or self.plan is not None:  # in before anyone needed it
-            self.late_after_quorum[block].append(0.0)
+            blocks = rest
+        if self.quorum_at is None or self.plan is not None:  # in before anyone needed them
+            late = 0.0
         else:  # while this wait runs
-            self.late_after_quorum[block].append(max(0.0, now - self._could_start()))
+            late = max(0.0, now - self._could_start())
+        for j in blocks:
+            history[j].append(late)
 
     def _pulls(self) -> list[PullRequest]:
         wanted = [j for j in range(self.policy.num_blocks) if j not in self.outstanding]

@@ -72,7 +72,8 @@ class Traffic:
 
 @dataclass
 class LinkStats:
-    """This worker's side of its link to one server: bytes each way and pull round trips."""
+    """This worker's side of its link to one server: bytes each way and pull round trips (one per reply
+    message: its blocks left in one pull and came back together)."""
 
     push_bytes: int = 0
     reply_bytes: int = 0
@@ -416,21 +417,28 @@ class WorkerSession:
             return
         self.traffic.reply_msgs += 1
         now = time.monotonic()
-        fresh, payloads = [], []
-        for j, v, values in zip(msg.blocks, msg.versions, msg.values):
-            if not 0 <= j < self.layout.num_blocks or values.numel() != self.layout.blocks[j].size:
-                self.count_bad(f"block {j} with {values.numel()} values does not fit the layout")
-                continue
-            self.traffic.reply_bytes += values.nbytes
-            link = self.links[self.layout.owners[j]]
-            link.reply_bytes += values.nbytes
-            sent = self.pull_sent.pop(j, None)
-            if sent is not None:
-                link.rtt.append(now - sent)
-            if self.core.on_block(j, v, now):
-                fresh.append(self.layout.blocks[j])
-                payloads.append(values)
-        self.flat.install_all(fresh, msg.values if len(fresh) == len(msg.blocks) else payloads)
+        layout = self.layout
+        specs, owners, count = layout.blocks, layout.owners, len(layout.blocks)
+        blocks, versions, values = msg.blocks, msg.versions, msg.values
+        fits = [0 <= j < count and v.numel() == specs[j].stop - specs[j].start for j, v in zip(blocks, values)]
+        if not all(fits):
+            for j, v, fit in zip(blocks, values, fits):
+                if not fit:
+                    self.count_bad(f"block {j} with {v.numel()} values does not fit the layout")
+            kept = [i for i, fit in enumerate(fits) if fit]
+            blocks, versions, values = [blocks[i] for i in kept], [versions[i] for i in kept], [values[i] for i in kept]
+        if not blocks:
+            return
+        sent = None
+        for j, v in zip(blocks, values):
+            self.traffic.reply_bytes += v.nbytes
+            self.links[owners[j]].reply_bytes += v.nbytes
+            sent = self.pull_sent.pop(j, sent)
+        if sent is not None:  # one round trip per reply: its blocks left in one pull and came back together
+            self.links[owners[blocks[0]]].rtt.append(now - sent)
+        fresh = self.core.on_blocks(blocks, versions, now)
+        whole = len(fresh) == len(msg.blocks)  # then the frame as received: one indexed copy (`install_all`)
+        self.flat.install_all([specs[blocks[i]] for i in fresh], values if whole else [values[i] for i in fresh])
         self.traffic.installed += len(fresh)
 
     def count_bad(self, reason: str) -> None:

@@ -237,9 +237,7 @@ class Simulation:
     # -- workers ---------------------------------------------------------------------------------------
 
     def on_replies(self, w: int, sends: list[BlockReply]) -> None:
-        core = self.workers[w]
-        for x in sends:
-            core.on_block(x.block, x.version, self.now)
+        self.workers[w].on_blocks([x.block for x in sends], [x.version for x in sends], self.now)
         self.try_step(w)
 
     def worker_timer(self, w: int) -> None:
