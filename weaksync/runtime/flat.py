@@ -110,8 +110,7 @@ class FlatModel:
         views, which the message joins (one copy either way)."""
         total = sum(b.stop - b.start for b in blocks)
         if len(blocks) > 1 and total < INDEXED_INSTALL_BLOCK * len(blocks):
-            flat = vector.index_select(0, self._positions(blocks))
-            return Payloads.of(flat.split([b.stop - b.start for b in blocks]), flat)
+            return Payloads(vector.index_select(0, self._positions(blocks)), [b.stop - b.start for b in blocks])
         return tuple(vector[b.start : b.stop] for b in blocks)
 
     def _positions(self, blocks: Sequence[Block]) -> torch.Tensor:

@@ -40,6 +40,7 @@ from ..transport.messages import (
     Done,
     Heartbeat,
     Hello,
+    Payloads,
     Pull,
     Push,
     Refuse,
@@ -420,19 +421,21 @@ class WorkerSession:
         layout = self.layout
         specs, owners, count = layout.blocks, layout.owners, len(layout.blocks)
         blocks, versions, values = msg.blocks, msg.versions, msg.values
-        fits = [0 <= j < count and v.numel() == specs[j].stop - specs[j].start for j, v in zip(blocks, values)]
+        sizes = values.sizes if isinstance(values, Payloads) else [v.numel() for v in values]
+        fits = [0 <= j < count and n == specs[j].stop - specs[j].start for j, n in zip(blocks, sizes)]
         if not all(fits):
             for j, v, fit in zip(blocks, values, fits):
                 if not fit:
                     self.count_bad(f"block {j} with {v.numel()} values does not fit the layout")
             kept = [i for i, fit in enumerate(fits) if fit]
             blocks, versions, values = [blocks[i] for i in kept], [versions[i] for i in kept], [values[i] for i in kept]
+            sizes = [sizes[i] for i in kept]
         if not blocks:
             return
         sent = None
-        for j, v in zip(blocks, values):
-            self.traffic.reply_bytes += v.nbytes
-            self.links[owners[j]].reply_bytes += v.nbytes
+        for j, n in zip(blocks, sizes):
+            self.traffic.reply_bytes += 4 * n  # float32 on the wire
+            self.links[owners[j]].reply_bytes += 4 * n
             sent = self.pull_sent.pop(j, sent)
         if sent is not None:  # one round trip per reply: its blocks left in one pull and came back together
             self.links[owners[blocks[0]]].rtt.append(now - sent)

@@ -18,7 +18,7 @@ import dataclasses
 import math
 import typing
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Union, get_type_hints
 
@@ -33,17 +33,38 @@ MAX_HEADER_BYTES = 64 << 10  # a coalesced header lists a few ints per block: ~4
 PAYLOAD_SIZES = "n"  # header column of a payload message: each block's value count
 
 
-class Payloads(tuple):
-    """Per-block tensors that are views of one flat tensor, `flat` (a decoded message's payload frame, or
-    a reply's values joined once for every worker it goes to): it is sent as is, and checked in one pass."""
+class Payloads(Sequence[torch.Tensor]):
+    """Per-block tensors that are consecutive slices of one flat tensor, `flat` (a decoded message's payload
+    frame, a reply's values joined once for every worker it goes to, a worker's gathered push): it is sent as
+    is and checked in one pass, and its `sizes` say where the blocks are. The per-block views are made only
+    when a block is read alone: a worker installs a whole reply from `flat`, so at 128 blocks it never pays
+    for 128 tensor objects."""
 
-    flat: torch.Tensor | None = None
+    __slots__ = ("flat", "sizes", "_parts")
+
+    def __init__(self, flat: torch.Tensor, sizes: Sequence[int], parts: Sequence[torch.Tensor] | None = None):
+        self.flat = flat
+        self.sizes = list(sizes)
+        self._parts = None if parts is None else tuple(parts)
 
     @classmethod
     def of(cls, parts: Sequence[torch.Tensor], flat: torch.Tensor) -> Payloads:
-        out = cls(parts)
-        out.flat = flat
-        return out
+        return cls(flat, [p.numel() for p in parts], parts)
+
+    @property
+    def parts(self) -> tuple[torch.Tensor, ...]:
+        if self._parts is None:
+            self._parts = tuple(torch.split(self.flat, self.sizes))
+        return self._parts
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __getitem__(self, index):  # type: ignore[override]  # an int or a slice, as a tuple's
+        return self.parts[index]
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return iter(self.parts)
 
 
 class BadMessage(WeaksyncError, ValueError):
@@ -209,12 +230,16 @@ def encode(msg: Message) -> list[Any]:
     if kind.payload is None:
         return [msgpack.packb(header)]
     parts = getattr(msg, kind.payload)
+    if isinstance(parts, Payloads):  # one frame already: its blocks are slices of it
+        if parts.flat.dtype != torch.float32 or parts.flat.dim() != 1:
+            raise ValueError("payloads must be 1-D float32 tensors")
+        header[PAYLOAD_SIZES] = parts.sizes
+        return [msgpack.packb(header), memoryview(parts.flat.contiguous().numpy()).cast("B")]
     if any(p.dtype != torch.float32 or p.dim() != 1 for p in parts):
         raise ValueError("payloads must be 1-D float32 tensors")
     header[PAYLOAD_SIZES] = [p.numel() for p in parts]
-    flat = getattr(parts, "flat", None)
-    if flat is None:  # one copy into a single frame: cheaper than a ZeroMQ frame per block from 2 blocks on
-        flat = parts[0].contiguous() if len(parts) == 1 else torch.cat(parts)
+    # one copy into a single frame: cheaper than a ZeroMQ frame per block from 2 blocks on
+    flat = parts[0].contiguous() if len(parts) == 1 else torch.cat(parts)
     return [msgpack.packb(header), memoryview(flat.numpy()).cast("B")]
 
 
@@ -268,7 +293,7 @@ def _split_payload(name: str, sizes: Any, rows: int, frame: Any) -> Payloads:
     flat = _payload(frame)
     if flat.numel() != sum(sizes):
         raise BadMessage(f"'{name}' payload holds {flat.numel()} values, its header lists {sum(sizes)}")
-    return Payloads.of(torch.split(flat, sizes), flat)
+    return Payloads(flat, sizes)
 
 
 def _all_are(values: list, types: tuple[type, ...]) -> bool:
@@ -317,7 +342,8 @@ def payload_problems(payloads: Sequence[torch.Tensor], expected_sizes: Sequence[
     which the core drops on its own). One pass over the decoded frame decides when all are fine, the common
     case: its sum is finite only if every value is; only when it is not is each payload checked alone."""
     flat = getattr(payloads, "flat", None)
-    sized = all(size is None or p.numel() == size for p, size in zip(payloads, expected_sizes))
+    counts = payloads.sizes if isinstance(payloads, Payloads) else [p.numel() for p in payloads]
+    sized = all(size is None or n == size for n, size in zip(counts, expected_sizes))
     if sized and flat is not None and math.isfinite(float(flat.sum())):
         return [None] * len(payloads)
     return [None if size is None else payload_problem(p, size) for p, size in zip(payloads, expected_sizes)]
