@@ -12,6 +12,7 @@ from weaksync.core import Accept, Apply
 from weaksync.runtime.blockstore import BlockStore
 from weaksync.runtime.flat import block_values, model_layout
 from weaksync.training.optim import lr_function, optimizer_factory
+from weaksync.transport.messages import Payloads
 
 CFG = OptimSection(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-3, schedule="constant")
 
@@ -131,16 +132,16 @@ def test_a_batch_of_updates_steps_exactly_as_one_update_at_a_time() -> None:
             for w, grad in zip(workers, grads):
                 accept = Accept(w, j, version - 1, version - 1, 1.0)
                 one.accept(accept, grad)
-                batched.accept_many([(j, 1.0, grad)])
+                batched.accept_many([((j,), 1.0, [grad])])
             actions.append(Apply(j, version, tuple((w, version - 1, 1.0) for w in workers), version, False))
         for action in actions:
             one.apply(action)
         batched.apply_many(actions)
     for j in one.blocks:
         assert torch.equal(one.snapshot(j), batched.snapshot(j))
-    for j in one.params:
-        a, b = one.optimizer.state[one.params[j]], batched.optimizer.state[batched.params[j]]
-        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+    for j, block in one.blocks.items():
+        if block.num_params:
+            assert torch.equal(one.block_state(j)["momentum_buffer"], batched.block_state(j)["momentum_buffer"])
 
 
 def test_a_checkpoint_of_per_block_optimizers_still_loads() -> None:
@@ -160,3 +161,32 @@ def test_a_checkpoint_of_per_block_optimizers_still_loads() -> None:
     step_all(old_form, 2)
     for j in bs.blocks:
         assert torch.equal(new_form.snapshot(j), old_form.snapshot(j))
+
+
+def test_a_whole_group_steps_as_its_blocks_one_at_a_time_and_splits_without_losing_state() -> None:
+    """The share as one group (one add per push frame, one flat step per update) against the same gradients
+    block by block: bit-identical values and momentum; then updates of single blocks split the group, and
+    the parts go on from the group's values, gradients and momentum."""
+    whole, single = store(), store()
+    blocks = tuple(sorted(whole.blocks))
+    for version in (1, 2, 3):
+        contributors = tuple((w, version - 1, 1.0) for w in (0, 1))
+        for w in (0, 1):
+            grads = [torch.randn(whole.blocks[j].size, generator=torch.Generator().manual_seed(7 * version + w + j))
+                     for j in blocks]  # fmt: skip
+            whole.accept_many([(blocks, 1.0, Payloads(torch.cat(grads), [g.numel() for g in grads]))])
+            for j, grad in zip(blocks, grads):
+                single.accept(Accept(w, j, version - 1, version - 1, 1.0), grad)
+        if version < 3:
+            whole.apply(Apply(blocks, version, contributors, version, False))
+            assert len({id(g) for g in whole.groups.values()}) == 1
+        else:  # block by block: the group splits
+            for j in blocks:
+                whole.apply(Apply(j, version, contributors, version, False))
+            assert len({id(g) for g in whole.groups.values()}) == len(blocks)
+        for j in blocks:
+            single.apply(Apply(j, version, contributors, version, False))
+    for j, block in whole.blocks.items():
+        assert torch.equal(whole.snapshot(j), single.snapshot(j))
+        if block.num_params:
+            assert torch.equal(whole.block_state(j)["momentum_buffer"], single.block_state(j)["momentum_buffer"])

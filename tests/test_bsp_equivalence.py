@@ -100,9 +100,9 @@ class TorchHooks(Hooks):
         """The servers' θ, assembled in layout order."""
         out = torch.empty(self.layout.total)
         for store in self.stores:
-            for j, values in store.values.items():
+            for j in store.blocks:
                 b = self.layout.blocks[j]
-                out[b.start : b.stop] = values
+                out[b.start : b.stop] = store.snapshot(j)
         return out
 
 

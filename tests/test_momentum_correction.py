@@ -74,7 +74,7 @@ def test_the_block_store_steps_with_the_corrected_momentum() -> None:
         store.apply(Apply(0, version, ((0, 0, 1.0),), version, False, staleness))
     group = store.optimizer.param_groups[0]
     assert group["momentum"] == pytest.approx(0.6) and group["lr"] == pytest.approx(0.1)
-    buf = store.optimizer.state[store.params[0]]["momentum_buffer"]
+    buf = store.block_state(0)["momentum_buffer"]
     assert float(buf) == pytest.approx(1 + 0.6)  # second step: buf = μ'·1 + 1
 
 

@@ -10,6 +10,7 @@ import os
 import signal
 import time
 from collections import Counter, defaultdict, deque
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -74,6 +75,15 @@ class Reply(NamedTuple):
     block: int
     version: int
     values: torch.Tensor
+
+
+class ReplyGroup(NamedTuple):
+    """Blocks the core sent together (one Send) at `version`, with their values as taken then (a whole
+    group's as its values tensor, `Payloads`)."""
+
+    blocks: tuple[int, ...]
+    version: int
+    values: Sequence[torch.Tensor]
 
 
 def worker_identity(worker: int) -> bytes:
@@ -144,7 +154,7 @@ class Server:
         self.outbox = Outbox()
         self.last_joined: tuple[tuple, Payloads] | None = None  # the last reply payload (`joined`)
         self.reply_delays: list[float] = []
-        self.unsent: dict[int, list[Reply]] = defaultdict(list)  # worker -> replies due
+        self.unsent: dict[int, list[ReplyGroup]] = defaultdict(list)  # worker -> replies due
         self.push_delays: dict[int, deque[float]] = defaultdict(lambda: deque(maxlen=20000))
         self.last_checkpoint = time.monotonic()
         if spec.restarts and checkpoint_file(spec.path, spec.rank).is_file():
@@ -294,10 +304,10 @@ class Server:
                 self.log.write("drop", s=self.spec.rank, w=msg.worker, j=j, reason="malformed", detail=problem)
         if len(set(msg.blocks)) < len(msg.blocks):  # one block twice: each gradient with its own actions
             for j, base, grad, problem in zip(msg.blocks, msg.bases, msg.grads, problems):
-                self.perform(sock, self.core.on_push(msg.worker, j, base, msg.step, now, problem), {j: grad})
+                self.perform(sock, self.core.on_push(msg.worker, j, base, msg.step, now, problem), (j,), (grad,))
             return
         actions = self.core.on_push_many(msg.worker, msg.blocks, msg.bases, msg.step, now, tuple(problems))
-        self.perform(sock, actions, dict(zip(msg.blocks, msg.grads)))
+        self.perform(sock, actions, msg.blocks, msg.grads)
 
     def hello(self, sock: zmq.Socket, identity: bytes, msg: Hello, now: float) -> None:
         problem = None
@@ -312,7 +322,13 @@ class Server:
             self.log.write("hello", s=self.spec.rank, w=msg.worker, pid=msg.pid)
         self.perform(sock, actions)
 
-    def perform(self, sock: zmq.Socket, actions: list, grads: dict[int, torch.Tensor] | None = None) -> None:
+    def perform(
+        self,
+        sock: zmq.Socket,
+        actions: list,
+        pushed: tuple[int, ...] = (),
+        grads: Sequence[torch.Tensor] | None = None,
+    ) -> None:
         """Carry out the core's actions; `grads` are the pushed gradients (by block) the core's Accepts refer
         to. Their tensor work is batched (`TensorBatch`); block replies are only queued (with the snapshot of
         the version the core named): `send_replies` sends them, one message per worker."""
@@ -323,7 +339,11 @@ class Server:
         for action in actions:
             if isinstance(action, act.Accept):
                 assert grads is not None, "the core accepted a gradient that no push carried"
-                batch.accept(action, [grads[j] for j in action.blocks])
+                if action.blocks == pushed:  # the whole message: its payload frame as received
+                    batch.accept(action, grads)
+                else:
+                    by_block = dict(zip(pushed, grads))
+                    batch.accept(action, [by_block[j] for j in action.blocks])
             elif isinstance(action, act.Send):
                 batch.send(action)
             elif isinstance(action, act.EndRun):
@@ -380,7 +400,7 @@ class Server:
                 contributors=[list(c) for c in contributors],
             )
         for send, values in batch.done():
-            self.unsent[send.worker] += [Reply(j, send.version, v) for j, v in zip(send.blocks, values)]
+            self.unsent[send.worker].append(ReplyGroup(send.blocks, send.version, values))
 
     def route(self, worker: int) -> bytes:
         """Where replies to a worker go: the socket its last hello, push or pull came from."""
@@ -399,8 +419,20 @@ class Server:
     def send_replies(self, sock: zmq.Socket) -> None:
         """Send the replies queued by the message or timer just handled: one message per worker carrying its
         blocks (or one per block without coalescing)."""
-        for worker, items in self.unsent.items():
-            self.send_cut(sock, self.route(worker), items, worker)
+        coalesce = self.spec.config.cluster.coalesce
+        for worker, groups in self.unsent.items():
+            (first, *rest), identity = groups, self.route(worker)
+            if (
+                coalesce
+                and not rest
+                and isinstance(first.values, Payloads)
+                and first.values.flat.nbytes <= MESSAGE_BYTES
+            ):
+                versions = (first.version,) * len(first.blocks)  # a whole group: its values tensor as is
+                self.send_blocks(sock, identity, first.blocks, versions, first.values, worker)
+                continue
+            items = [Reply(j, g.version, v) for g in groups for j, v in zip(g.blocks, g.values)]
+            self.send_cut(sock, identity, items, worker)
         self.unsent.clear()
 
     def send_cut(self, sock: zmq.Socket, identity: bytes, items: list[Reply], worker: int | None = None) -> None:
@@ -408,17 +440,22 @@ class Server:
         coalesced; one per block otherwise), so no peer receives a whole share in one message."""
         layout, coalesce = self.layout, self.spec.config.cluster.coalesce
         for _, part in messages_by_server(items, layout.owners, coalesce, layout.block_bytes):
-            self.send_blocks(sock, identity, part, worker)
+            blocks, versions, values = zip(*part)
+            self.send_blocks(sock, identity, blocks, versions, self.joined(blocks, versions, values), worker)
 
-    def send_blocks(self, sock: zmq.Socket, identity: bytes, items: list[Reply], worker: int | None = None) -> None:
-        """Reply with blocks (index, version, snapshot); an injected server or link delay holds the message in
-        the outbox."""
-        blocks, versions, values = zip(*items)
-        frames = [
-            identity,
-            *encode(Blocks(blocks=blocks, versions=versions, values=self.joined(blocks, versions, values))),
-        ]
-        nbytes = sum(v.nbytes for v in values)
+    def send_blocks(
+        self,
+        sock: zmq.Socket,
+        identity: bytes,
+        blocks: tuple[int, ...],
+        versions: tuple[int, ...],
+        payloads: Payloads,
+        worker: int | None = None,
+    ) -> None:
+        """Reply with blocks (indices, versions, values in one frame); an injected server or link delay holds
+        the message in the outbox."""
+        frames = [identity, *encode(Blocks(blocks=blocks, versions=versions, values=payloads))]
+        nbytes = payloads.flat.nbytes
         delay = 0.0
         if worker is not None and (self.reply_delay.active or self.link_delays[worker].active):
             elapsed = 0.0 if self.first_push is None else time.monotonic() - self.first_push

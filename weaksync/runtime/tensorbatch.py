@@ -25,18 +25,19 @@ class TensorBatch:
         made all of its actions before any is performed, so it is one value)."""
         self.store = store
         self.progress = progress
-        self.accepts: list[tuple[int, float, torch.Tensor]] = []  # (block, weight, gradient)
+        self.accepts: list[tuple[tuple[int, ...], float, Sequence[torch.Tensor]]] = []  # (blocks, weight, gradients)
         self.applies: list[Apply] = []
         self.applying: set[int] = set()
         self.sends: list[Send] = []
         self.sending: set[int] = set()  # blocks whose replies take the values as they are before the next Apply
-        self.replies: list[tuple[Send, list[torch.Tensor]]] = []
+        self.replies: list[tuple[Send, Sequence[torch.Tensor]]] = []
 
     def accept(self, action: Accept, payloads: Sequence[torch.Tensor]) -> None:
-        """The gradients of `action`'s blocks, in its order."""
+        """The gradients of `action`'s blocks, in its order (a message's `Payloads` when they are all of it:
+        a whole group's are then one add)."""
         if not self.applying.isdisjoint(action.blocks):  # the gradient belongs to the round after that update
             self.flush()
-        self.accepts += [(j, action.weight, payload) for j, payload in zip(action.blocks, payloads)]
+        self.accepts.append((action.blocks, action.weight, payloads))
 
     def apply(self, action: Apply) -> None:
         if not (self.applying.isdisjoint(action.blocks) and self.sending.isdisjoint(action.blocks)):
@@ -54,12 +55,13 @@ class TensorBatch:
             self.store.accept_many(self.accepts)
         if self.applies:
             self.store.apply_many(self.applies, self.progress)
-        self.replies += [(send, [self.store.snapshot(j) for j in send.blocks]) for send in self.sends]
+        self.replies += [(send, self.store.reply(send.blocks)) for send in self.sends]
         self.accepts, self.applies, self.sends = [], [], []
         self.applying, self.sending = set(), set()
 
-    def done(self) -> list[tuple[Send, list[torch.Tensor]]]:
-        """Flush, and hand over every reply with the values it carries (one tensor per block)."""
+    def done(self) -> list[tuple[Send, Sequence[torch.Tensor]]]:
+        """Flush, and hand over every reply with the values it carries (one tensor per block; a whole
+        group's as `Payloads`, its values tensor as is)."""
         self.flush()
         replies, self.replies = self.replies, []
         return replies
