@@ -172,6 +172,14 @@ class ServerCore:
         """A message's blocks cut into the parts its rules treat alike: blocks of one group with the same
         base (or want) and payload verdict, in the order of each part's first block. Unknown blocks form
         parts of their own (state None)."""
+        whole = self.blocks.get(blocks[0]) if blocks else None
+        if (  # the common case, found without a pass in Python: a whole group, one base, no bad payload
+            whole is not None
+            and tuple(blocks) == whole.members
+            and values.count(values[0]) == len(values)
+            and (problems is None or problems.count(None) == len(problems))
+        ):
+            return [(whole, whole.members, values[0], None)]
         parts: dict[tuple[int, int, str | None], tuple[_BlockState | None, list[int]]] = {}
         for j, value, problem in zip(blocks, values, problems or (None,) * len(blocks)):
             state = self.blocks.get(j)
