@@ -67,3 +67,22 @@ def test_a_whole_reply_installs_as_block_by_block(indexed: bool, monkeypatch: py
     for b, v in zip(mine, values):
         per_block.install(b, v)
     assert torch.equal(whole.values, per_block.values)
+
+
+@pytest.mark.parametrize("indexed", [True, False])
+def test_a_gathered_push_carries_the_slices_of_its_blocks(indexed: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A push of a server's blocks (interleaved in θ) carries each block's slice of the push vector, whether
+    gathered by one indexed copy (small blocks) or as views (large ones), and decodes to the same values."""
+    from weaksync.runtime import flat as flat_module
+    from weaksync.transport.messages import Push, decode, encode
+
+    monkeypatch.setattr(flat_module, "INDEXED_INSTALL_BLOCK", 1 << 20 if indexed else 0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4))
+    layout = model_layout(model, num_servers=2, num_blocks=6)
+    mine = [b for b in layout.blocks if layout.owners[b.index] == 1]
+    vector = torch.randn(layout.total)
+    grads = FlatModel(model, layout).gather(vector, mine)
+    assert hasattr(grads, "flat") == indexed
+    push = decode([bytes(f) for f in encode(Push(0, 0, tuple(b.index for b in mine), (0,) * len(mine), grads))])
+    for b, got in zip(mine, push.grads):
+        assert torch.equal(got, vector[b.start : b.stop])

@@ -70,12 +70,15 @@ def test_an_update_record_of_several_blocks_reads_as_one_per_block() -> None:
 
     grouped = {"ev": "update", "s": 0, "j": [0, 2, 4], "v": 7, "t": 1.0}
     single = {"ev": "update", "s": 0, "j": 6, "v": 7, "t": 1.0}
-    out = list(per_block([grouped, {"ev": "start"}, single]))
+    dropped = {"ev": "drop", "s": 0, "w": 1, "j": [0, 2], "reason": "stale"}
+    out = list(per_block([grouped, {"ev": "start"}, single, dropped]))
     assert [(e["ev"], e.get("j")) for e in out] == [
         ("update", 0),
         ("update", 2),
         ("update", 4),
         ("start", None),
         ("update", 6),
+        ("drop", 0),
+        ("drop", 2),
     ]
     assert all(e["v"] == 7 for e in out if e["ev"] == "update")

@@ -121,14 +121,7 @@ class QuorumTuner:
 
     def arrive(self, party: int, key: int, now: float, overhead: float = 0.0) -> Choice | None:
         """Party answered on `key` (and so on every older round) at `now`; returns a Choice if k or b changed."""
-        for rnd in self.open:
-            if rnd.key > key:
-                break
-            if party not in rnd.offsets:
-                offset = rnd.offsets[party] = max(0.0, now - rnd.opened)
-                if rnd.quorum_wait is not None and offset < rnd.quorum_wait[1]:
-                    rnd.quorum_wait = None
-        return self._close_rounds(now, overhead)
+        return self.arrive_many((party,), key, now, overhead)
 
     def arrive_many(self, parties: Sequence[int], key: int, now: float, overhead: float = 0.0) -> Choice | None:
         """Several parties answered on `key` at `now` (a message's blocks): as `arrive` for each, with the

@@ -190,6 +190,10 @@ class ServerCore:
                 parts[key] = (state, [j])
         return [(state, tuple(js), key[1], key[2]) for key, (state, js) in parts.items()]
 
+    def _is_clock(self, state: _BlockState) -> bool:
+        """Is this the group of the clock block, whose rounds grace and auto measure?"""
+        return self.blocks.get(self.clock_block) is state
+
     def _can_contribute(self, state: _BlockState) -> int:
         """How many workers can be in this round: the live ones and those who already are. While every worker
         is live that is N, without a set union per push (O(N) each at a thousand workers)."""
@@ -604,7 +608,7 @@ class ServerCore:
 
     def _note_late(self, state: _BlockState, worker: int, base: int, now: float) -> None:
         """A missing worker's gradient for a round that closed without it: how late after k it came."""
-        watch = state.late if self.blocks.get(self.clock_block) is state else None  # a split's copy: not measured
+        watch = state.late if self._is_clock(state) else None  # a split's copy: not measured
         if watch is None or worker not in watch.missing or base != watch.version:
             return
         watch.missing.discard(worker)
@@ -615,7 +619,7 @@ class ServerCore:
     def _observe(self, worker: int, state: _BlockState, base: int, now: float) -> list[ServerAction]:
         """auto: a gradient on version `base` of the clock block arrived (after this push's rules ran, so the
         push was judged by the k and τ in force when it came)."""
-        if self.tuner is None or self.blocks.get(self.clock_block) is not state:
+        if self.tuner is None or not self._is_clock(state):
             return []
         return self._retune(self.tuner.arrive(worker, base, now), now)
 
@@ -647,7 +651,7 @@ class ServerCore:
         if now is not None:
             self._record_round(state, now)
         state.version += 1
-        if self.tuner is not None and now is not None and self.blocks.get(self.clock_block) is state:
+        if self.tuner is not None and now is not None and self._is_clock(state):
             self.tuner.start_round(state.version, now)  # how long until each worker pushes on this version
         self.gradients_applied += state.gradients * len(state.members)
         state.gradients = 0
@@ -672,7 +676,7 @@ class ServerCore:
     def _record_round(self, state: _BlockState, now: float) -> None:
         """Round period and lateness figures for `grace`, taken as a round closes at `now`."""
         last, state.last_apply, state.opened = state.last_apply, now, now
-        if self.blocks.get(self.clock_block) is not state:  # rounds are measured on one block, as auto's are
+        if not self._is_clock(state):  # rounds are measured on one block, as auto's are
             return
         if last is not None:
             period = now - last

@@ -6,6 +6,7 @@ It performs what the server core decides (Accept, Apply); it never decides anyth
 from __future__ import annotations
 
 import copy
+import itertools
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -85,7 +86,7 @@ class BlockStore:
     def _build(self, blocks: tuple[int, ...], values: Sequence[torch.Tensor], acc: torch.Tensor | None) -> _Group:
         """A group of `blocks` with these values (copied into one tensor) and accumulator (zero if None)."""
         sizes = tuple(self.blocks[j].size for j in blocks)
-        offsets = tuple(sum(sizes[:i]) for i in range(len(sizes)))
+        offsets = (0, *itertools.accumulate(sizes[:-1])) if sizes else ()
         num_params = 0
         for j, offset in zip(blocks, offsets):
             if self.blocks[j].num_params:

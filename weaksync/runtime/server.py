@@ -46,6 +46,7 @@ from ..transport.messages import (
     Welcome,
     decode,
     encode,
+    payload_nbytes,
     payload_problems,
 )
 from ..transport.security import EVALUATOR, LAUNCHER, PeerAuthenticator, worker_principal
@@ -152,7 +153,6 @@ class Server:
         self.reply_delay = delayer_for(rules, "server", spec.rank, seed)
         self.link_delays = [delayer_for(rules, "link", w, seed, peer=spec.rank) for w in range(cfg.cluster.workers)]
         self.outbox = Outbox()
-        self.last_joined: tuple[tuple, Payloads] | None = None  # the last reply payload (`joined`)
         self.reply_delays: list[float] = []
         self.unsent: dict[int, list[ReplyGroup]] = defaultdict(list)  # worker -> replies due
         self.push_delays: dict[int, deque[float]] = defaultdict(lambda: deque(maxlen=20000))
@@ -298,7 +298,7 @@ class Server:
         blocks = self.blockstore.blocks
         sizes = [blocks[j].size if j in blocks else None for j in msg.blocks]
         problems = payload_problems(msg.grads, sizes)
-        self.push_bytes += sum(grad.nbytes for grad in msg.grads)
+        self.push_bytes += payload_nbytes(msg.grads)
         for j, problem in zip(msg.blocks, problems):
             if problem:
                 self.log.write("drop", s=self.spec.rank, w=msg.worker, j=j, reason="malformed", detail=problem)
@@ -441,7 +441,8 @@ class Server:
         layout, coalesce = self.layout, self.spec.config.cluster.coalesce
         for _, part in messages_by_server(items, layout.owners, coalesce, layout.block_bytes):
             blocks, versions, values = zip(*part)
-            self.send_blocks(sock, identity, blocks, versions, self.joined(blocks, versions, values), worker)
+            flat = values[0] if len(values) == 1 else torch.cat(values)  # the message's one payload frame
+            self.send_blocks(sock, identity, blocks, versions, Payloads.of(values, flat), worker)
 
     def send_blocks(
         self,
@@ -476,15 +477,6 @@ class Server:
             return
         self.replies += 1
         self.reply_bytes += nbytes
-
-    def joined(self, blocks: tuple[int, ...], versions: tuple[int, ...], values: tuple) -> Payloads:
-        """The replies' payload, joined into one tensor once for every worker that gets the same blocks at
-        the same versions (a round's replies): a version's values never change, so neither does the join."""
-        key = (blocks, versions)
-        if self.last_joined is None or self.last_joined[0] != key:
-            flat = values[0] if len(values) == 1 else torch.cat(values)
-            self.last_joined = (key, Payloads.of(values, flat))
-        return self.last_joined[1]
 
     def reject(self, identity: bytes, reason: str) -> None:
         self.bad_messages[reason.split(":")[0]] += 1

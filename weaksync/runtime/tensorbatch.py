@@ -1,8 +1,8 @@
 """The tensor work of one batch of core actions, deferred and done together where the order allows.
 
-A push message of 128 blocks makes the core emit an Accept per block and, when the round closes, an Apply and
-Sends per block. Done one by one, each is a few Python calls and a small tensor op; done together, the adds
-are one `torch._foreach_add_` and the updates one optimizer step (`BlockStore.accept_many`, `apply_many`).
+A message or timer makes the core emit Accepts, Applies and Sends, each naming a group of blocks. Deferred,
+the adds of a batch are one call into the store and its updates one optimizer step (`BlockStore.accept_many`,
+`apply_many`: a whole group is one flat tensor operation).
 The core's order still holds wherever it matters: an Accept never moves before an Apply of its block, an
 Apply never overtakes an earlier Apply of its block or a reply that must carry the version before it.
 """

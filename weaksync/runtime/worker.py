@@ -433,8 +433,8 @@ class WorkerSession:
         if not blocks:
             return
         sent = None
+        self.traffic.reply_bytes += 4 * sum(sizes)  # float32 on the wire
         for j, n in zip(blocks, sizes):
-            self.traffic.reply_bytes += 4 * n  # float32 on the wire
             self.links[owners[j]].reply_bytes += 4 * n
             sent = self.pull_sent.pop(j, sent)
         if sent is not None:  # one round trip per reply: its blocks left in one pull and came back together

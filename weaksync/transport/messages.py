@@ -35,7 +35,7 @@ PAYLOAD_SIZES = "n"  # header column of a payload message: each block's value co
 
 class Payloads(Sequence[torch.Tensor]):
     """Per-block tensors that are consecutive slices of one flat tensor, `flat` (a decoded message's payload
-    frame, a reply's values joined once for every worker it goes to, a worker's gathered push): it is sent as
+    frame, a server group's values tensor or blocks joined for one reply, a worker's gathered push): it is sent as
     is and checked in one pass, and its `sizes` say where the blocks are. The per-block views are made only
     when a block is read alone: a worker installs a whole reply from `flat`, so at 128 blocks it never pays
     for 128 tensor objects."""
@@ -322,6 +322,11 @@ def _payload(frame: Any) -> torch.Tensor:
     with warnings.catch_warnings():  # the frame is read-only; receivers only read from it
         warnings.simplefilter("ignore", UserWarning)
         return torch.frombuffer(view, dtype=torch.float32)
+
+
+def payload_nbytes(payloads: Sequence[torch.Tensor]) -> int:
+    """Bytes of a message's payloads, without making per-block views of a `Payloads`."""
+    return payloads.flat.nbytes if isinstance(payloads, Payloads) else sum(p.nbytes for p in payloads)
 
 
 def payload_problem(payload: torch.Tensor | None, expected_size: int) -> str | None:
