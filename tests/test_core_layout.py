@@ -206,13 +206,16 @@ def test_messages_by_server_cuts_one_message_per_server_or_per_block() -> None:
     assert messages_by_server([], owner, coalesce=True) == []
 
 
-@settings(max_examples=200, deadline=None)
-@given(
+CUTS = (  # a block's server, every block's size, the byte cap of a message, coalesced or not
     st.lists(st.integers(0, 3), min_size=1, max_size=20),
     st.lists(st.integers(1, 10), min_size=20, max_size=20),
     st.integers(1, 30),
     st.booleans(),
 )
+
+
+@settings(max_examples=200, deadline=None)
+@given(*CUTS)
 def test_messages_carry_every_item_once_in_order_within_the_byte_cap(
     owner: list[int], sizes: list[int], cap: int, coalesce: bool
 ) -> None:
@@ -232,3 +235,49 @@ def test_messages_carry_every_item_once_in_order_within_the_byte_cap(
     if coalesce:  # as few messages as the cap allows: no two neighbours that would have fit together
         for (s1, a), (s2, b) in zip(messages, messages[1:]):
             assert s1 != s2 or sum(sizes[i.block] for i in a) + sizes[b[0].block] > cap
+
+
+@settings(max_examples=200, deadline=None)
+@given(*CUTS, st.data())
+def test_a_step_s_columns_are_cut_as_its_requests_one_by_one(
+    owner: list[int], sizes: list[int], cap: int, coalesce: bool, data
+) -> None:
+    """Pushes and Pulls (a worker step's requests as columns) travel in the same messages, with the same
+    values, as the same requests made one by one; each cut's bytes are its blocks' sizes, and a cut asked
+    again (from its cache) is the same."""
+    from weaksync.core.actions import PullRequest, Pulls, Pushes, PushRequest
+    from weaksync.core.layout import MessageCutter
+
+    blocks = data.draw(st.permutations(range(len(owner))))
+    values = data.draw(st.lists(st.integers(-1, 50), min_size=len(owner), max_size=len(owner)))
+    cutter = MessageCutter(owner, coalesce, sizes, max_bytes=cap)
+    for columns, one_by_one in (
+        (Pushes(blocks, values, 7), [PushRequest(j, v, 7) for j, v in zip(blocks, values)]),
+        (Pulls(blocks, values, 3), [PullRequest(j, v, 3) for j, v in zip(blocks, values)]),
+    ):
+        assert columns == one_by_one
+        by_columns, by_items = cutter.messages(columns), cutter.messages(one_by_one)
+        assert [(s, list(part)) for s, part in by_columns] == [(s, part) for s, part in by_items]
+        assert all(type(part) is type(columns) for _, part in by_columns)
+    cuts = cutter.cut(blocks)
+    assert [c.nbytes for c in cuts] == [sum(sizes[j] for j in c.blocks) for c in cuts]
+    assert [c.blocks for c in cuts] == [tuple(blocks[i] for i in c.positions) for c in cuts]
+    assert cutter.cut(tuple(blocks)) == cuts
+
+
+def test_request_columns_read_as_requests_and_refuse_ragged_columns() -> None:
+    from weaksync.core.actions import PullRequest, Pulls, Pushes, PushRequest
+    from weaksync.core.layout import MessageCutter
+
+    pushes = Pushes((0, 1, 2), (5, 6, 7), 3)
+    assert (pushes.bases, pushes.step, len(pushes)) == ((5, 6, 7), 3, 3)
+    assert pushes[1] == PushRequest(1, 6, 3) and pushes[1:] == [PushRequest(1, 6, 3), PushRequest(2, 7, 3)]
+    assert pushes != Pulls((0, 1, 2), (5, 6, 7), 3) and pushes != Pushes((0, 1, 2), (5, 6, 7), 4)
+    assert Pulls([], [], 0) == [] and "PullRequest(block=4, want_gt=-1, clock=2)" in repr(Pulls([4], [-1], 2))
+    with pytest.raises(ValueError, match="3 blocks but 2 values"):
+        Pushes((0, 1, 2), (5, 6), 3)
+    cutter = MessageCutter([0, 1], coalesce=True)
+    for k in range(MessageCutter.CACHED + 5):  # a bounded cache: new block sets past it start it afresh
+        cutter.cut((k % 2,) * (k + 1))
+    assert len(cutter._cuts) <= MessageCutter.CACHED
+    assert cutter.messages(Pulls((1, 0), (2, 3), 9)) == [(0, [PullRequest(0, 3, 9)]), (1, [PullRequest(1, 2, 9)])]

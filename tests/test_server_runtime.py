@@ -10,6 +10,7 @@ import torch
 import zmq
 from conftest import small_config
 
+from weaksync.core.layout import MessageCutter
 from weaksync.runtime.server import Server
 from weaksync.runtime.spec import RoleSpec
 from weaksync.training.workload import builtin_workload
@@ -97,7 +98,7 @@ def test_one_push_message_per_step_and_one_reply_per_worker(served, coalesce: bo
     """Coalesced, a worker's step is one push and one pull for all of a server's blocks, and the round they
     close answers each parked worker with one message; uncoalesced, every block is its own message."""
     server, exchange = served
-    server.spec.config.cluster.coalesce = coalesce
+    server.reply_cut = MessageCutter(server.layout.owners, coalesce, server.layout.block_bytes)  # as if so configured
     blocks = tuple(sorted(server.blockstore.blocks))
     n = len(blocks)
     assert n >= 2
@@ -129,7 +130,7 @@ def test_a_peek_is_answered_as_the_wire_cuts_replies(served, coalesce: bool) -> 
     """The evaluator asks for all of a server's blocks at once; the answer follows the same rule as a worker's
     replies (one message per block without coalescing), never one message whatever the size."""
     server, exchange = served
-    server.spec.config.cluster.coalesce = coalesce
+    server.reply_cut = MessageCutter(server.layout.owners, coalesce, server.layout.block_bytes)  # as if so configured
     blocks = tuple(sorted(server.blockstore.blocks))
     first = exchange(b"evaluator", encode(Peek(blocks)), expect_reply=True)
     evaluator = exchange.dealers[b"evaluator"]

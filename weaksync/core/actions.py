@@ -3,8 +3,9 @@ tensors, the simulator on virtual time; tests read them directly."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, Self, TypeVar, overload
 
 
 def _blocks(value: int | tuple[int, ...]) -> tuple[int, ...]:
@@ -97,6 +98,93 @@ class PullRequest(NamedTuple):
     block: int
     want_gt: int
     clock: int
+
+
+Req = TypeVar("Req", PushRequest, PullRequest)
+
+
+class _Cut(Protocol):  # core.layout.Cut (layout imports nothing from here; this module stays the lowest)
+    @property
+    def blocks(self) -> tuple[int, ...]: ...
+    def pick(self, values: Sequence[int]) -> tuple[int, ...]: ...
+
+
+class _Columns(Sequence[Req]):
+    """A worker's requests of one kind, as columns: `blocks`, one value per block, and one step figure for all.
+    A step asks for every block it holds, so it says so once per step and not once per block (at B = 256 a
+    worker step made 512 request objects, the largest part of a simulated worker's cost). It is still a
+    sequence of per-block requests for whoever reads them one by one (tests, the harness)."""
+
+    __slots__ = ("blocks", "_values", "_tag")
+    _item: type
+
+    def __init__(self, blocks: Sequence[int], values: Sequence[int], tag: int):
+        if len(blocks) != len(values):
+            raise ValueError(f"{len(blocks)} blocks but {len(values)} values")
+        self.blocks: tuple[int, ...] = tuple(blocks)
+        self._values: tuple[int, ...] = tuple(values)
+        self._tag = tag
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    @overload
+    def __getitem__(self, i: int) -> Req: ...
+    @overload
+    def __getitem__(self, i: slice) -> Self: ...
+    def __getitem__(self, i: int | slice) -> Req | Self:
+        if isinstance(i, slice):
+            return type(self)(self.blocks[i], self._values[i], self._tag)
+        return self._item(self.blocks[i], self._values[i], self._tag)
+
+    def part(self, cut: _Cut) -> Self:
+        """The requests of one message of a cut of these (core.layout.MessageCutter)."""
+        part = object.__new__(type(self))
+        part.blocks, part._values, part._tag = cut.blocks, cut.pick(self._values), self._tag
+        return part
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _Columns):
+            return (type(self), self.blocks, self._values, self._tag) == (
+                type(other),
+                other.blocks,
+                other._values,
+                other._tag,
+            )
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]  # equal to a list of its requests, so not hashable
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({list(self)!r})"
+
+
+class Pushes(_Columns[PushRequest]):
+    """One step's pushes: block `blocks[i]` computed at base version `bases[i]` during `step`."""
+
+    _item = PushRequest
+
+    @property
+    def bases(self) -> tuple[int, ...]:
+        return self._values
+
+    @property
+    def step(self) -> int:
+        return self._tag
+
+
+class Pulls(_Columns[PullRequest]):
+    """Pulls sent together: `blocks[i]` once newer than `wants[i]`; `clock` = steps completed."""
+
+    _item = PullRequest
+
+    @property
+    def wants(self) -> tuple[int, ...]:
+        return self._values
+
+    @property
+    def clock(self) -> int:
+        return self._tag
 
 
 DROP_REASONS = (

@@ -19,11 +19,12 @@ choices (docs/guarantees.md).
 from __future__ import annotations
 
 import heapq
-import itertools
 import math
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 AUTO_WINDOW = 32  # closed rounds the estimate averages over
 AUTO_MIN_SAMPLES = 4  # closed rounds (since the last change) before a smaller quorum may be chosen ...
@@ -107,7 +108,7 @@ class QuorumTuner:
         self.value = high if start is None else min(max(start, low), high)
         self.members: set[int] = set(range(parties))
         self.open: deque[_Round] = deque()
-        self.rounds: deque[list[float]] = deque(maxlen=AUTO_WINDOW)  # sorted offsets of closed rounds
+        self.rounds: deque[np.ndarray] = deque(maxlen=AUTO_WINDOW)  # sorted offsets of closed rounds
         self.choices: list[Choice] = []
         self._leader: int | None = None  # direction (+1 up, -1 down) of the rounds that pointed away from value
         self._lead = 0
@@ -143,13 +144,18 @@ class QuorumTuner:
         self.members = set(members)
         return None if now is None else self._close_rounds(now, overhead)
 
-    def waits(self, min_samples: int = AUTO_MIN_SAMPLES) -> list[float] | None:
-        """E[R_(q)] for q = 1 .. members: the mean q-th offset of the recent closed rounds (None: too few)."""
+    def waits(self, min_samples: int = AUTO_MIN_SAMPLES) -> np.ndarray | None:
+        """E[R_(q)] for q = 1 .. members: the mean q-th offset of the recent closed rounds (None: too few).
+        Summed round by round in their order, as a sum per column would be (the same figures, bit for bit),
+        but a vector at a time: a worker's tuner has B columns and closes a round every step."""
         size = len(self.members)
         rounds = [r for r in self.rounds if len(r) >= size]
         if size == 0 or len(rounds) < min_samples:
             return None
-        return [sum(column) / len(rounds) for column in itertools.islice(zip(*rounds), size)]
+        total = rounds[0][:size].copy()
+        for r in rounds[1:]:
+            total += r[:size]
+        return total / len(rounds)
 
     # -- decisions -----------------------------------------------------------------------------------------
 
@@ -164,7 +170,7 @@ class QuorumTuner:
             missing = self.members - rnd.offsets.keys()
             elapsed = max(0.0, now - rnd.opened)
             offsets = [rnd.offsets[p] for p in self.members if p in rnd.offsets] + [elapsed] * len(missing)
-            self.rounds.append(sorted(offsets))
+            self.rounds.append(np.array(sorted(offsets)))
             choice = self._decide(now, overhead) or choice
         return choice
 
@@ -184,28 +190,30 @@ class QuorumTuner:
         early = sum(len(r) >= size for r in self.rounds) < AUTO_MIN_SAMPLES  # then only a bold leap down
         high = min(self.high, len(waits))
         low = min(self.low, high)
-        rates = {q: (q / self.parties) / max(overhead + waits[q - 1], 1e-9) for q in range(low, high + 1)}
+        quorums = np.arange(low, high + 1)
+        rates = (quorums / self.parties) / np.maximum(overhead + waits[low - 1 : high], 1e-9)  # of q = low .. high
         current = min(max(self.value, low), high)
-        best = max(rates, key=lambda q: (rates[q], q))  # ties go to the larger quorum
-        if best == current or rates[best] <= rates[current] * (1 + AUTO_MARGIN):
+        rate = lambda q: float(rates[q - low])  # noqa: E731
+        best = int(quorums[np.flatnonzero(rates == rates.max())[-1]])  # ties go to the larger quorum
+        if best == current or rate(best) <= rate(current) * (1 + AUTO_MARGIN):
             self._leader, self._lead = None, 0
             return None
         if early:  # the largest quorum that is boldly better: two rounds are too few to tell 2 from 3 of 4
-            bold = [q for q in rates if q < current and rates[q] >= rates[current] * AUTO_BOLD]
-            if not bold:
+            bold = quorums[(quorums < current) & (rates >= rate(current) * AUTO_BOLD)]
+            if not len(bold):
                 return None
-            best = max(bold)
+            best = int(bold.max())
         if best > current and len(self.rounds) < AUTO_SURE_SAMPLES:
             return None  # a few rounds without a late arrival do not show that the tail is gone
         direction = 1 if best > current else -1
         self._lead = self._lead + 1 if direction == self._leader else 1
         self._leader = direction  # patience counts rounds that point the same way, whichever q is best in each
-        leap = direction < 0 and rates[best] >= rates[current] * AUTO_LEAP
+        leap = direction < 0 and rate(best) >= rate(current) * AUTO_LEAP
         if self._lead < AUTO_PATIENCE and not leap:
             return None
         choice = Choice(
-            now, self.name, best, current, rates[best], rates[current],
-            overhead + waits[best - 1], overhead + waits[current - 1],
+            now, self.name, best, current, rate(best), rate(current),
+            overhead + float(waits[best - 1]), overhead + float(waits[current - 1]),
         )  # fmt: skip
         self.value = best
         self._leader, self._lead = None, 0

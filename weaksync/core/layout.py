@@ -12,10 +12,10 @@ import heapq
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
@@ -26,37 +26,93 @@ class _PerBlock(Protocol):
 
 
 Item = TypeVar("Item", bound=_PerBlock)
+V = TypeVar("V")
 
 
 MESSAGE_BYTES = 4 << 20  # a coalesced message stops growing here (BytePS' partition size, the default block)
 
 
+class Cut(NamedTuple):
+    """One message of a cut: its server, the positions of its items among those cut, their blocks, and the
+    blocks' payload bytes (0 when the cutter has no sizes)."""
+
+    server: int
+    positions: tuple[int, ...]
+    blocks: tuple[int, ...]
+    nbytes: int
+
+    def pick(self, values: Sequence[V]) -> tuple[V, ...]:
+        """The values at this message's positions."""
+        return tuple(values[i] for i in self.positions)
+
+
+class MessageCutter:
+    """How per-block requests travel: per server, messages carrying its blocks in their order (`coalesce`), or
+    one message per block. `owner[j]` is the server of block j. With `nbytes[j]` (the payload of block j), a
+    message takes blocks until it would pass `max_bytes`: small blocks share one message, large ones keep a
+    message each, so a server's inbox never holds a whole share at once. The runtime and the simulator both
+    cut messages here, so the simulator counts what the wire carries.
+
+    A worker asks for the same blocks step after step, so each cut is kept, by its blocks (a handful of
+    distinct sets: all blocks, one server's after a restart)."""
+
+    CACHED = 64  # distinct block sets kept; past this the cache starts afresh
+
+    def __init__(
+        self, owner: Sequence[int], coalesce: bool, nbytes: Sequence[int] | None = None, max_bytes: int = MESSAGE_BYTES
+    ):
+        self.owner, self.coalesce, self.max_bytes = tuple(owner), coalesce, max_bytes
+        self.nbytes = tuple(nbytes) if nbytes is not None else (0,) * len(self.owner)
+        self._cuts: dict[tuple[int, ...], list[Cut]] = {}
+
+    def cut(self, blocks: Sequence[int]) -> list[Cut]:
+        """The messages that carry `blocks`, servers in ascending order."""
+        key = blocks if isinstance(blocks, tuple) else tuple(blocks)
+        cut = self._cuts.get(key)
+        if cut is None:
+            if len(self._cuts) >= self.CACHED:
+                self._cuts.clear()
+            cut = self._cuts[key] = [self._message(server, part, key) for server, part in self._positions(key)]
+        return cut
+
+    def _positions(self, blocks: tuple[int, ...]) -> list[tuple[int, list[int]]]:
+        owner, sizes = self.owner, self.nbytes
+        if not self.coalesce:
+            return [(owner[j], [i]) for i, j in enumerate(blocks)]
+        groups: dict[int, list[list[int]]] = defaultdict(lambda: [[]])
+        filled: dict[int, int] = defaultdict(int)
+        for i, j in enumerate(blocks):
+            server = owner[j]
+            parts = groups[server]
+            if parts[-1] and filled[server] + sizes[j] > self.max_bytes:
+                parts.append([])
+                filled[server] = 0
+            parts[-1].append(i)
+            filled[server] += sizes[j]
+        return [(server, part) for server in sorted(groups) for part in groups[server]]
+
+    def _message(self, server: int, positions: list[int], blocks: tuple[int, ...]) -> Cut:
+        mine = tuple(blocks[i] for i in positions)
+        return Cut(server, tuple(positions), mine, sum(self.nbytes[j] for j in mine))
+
+    def messages(self, items: Sequence[Item]) -> list[tuple[int, Sequence[Item]]]:
+        """`items` (per-block requests or replies, or a worker's columns of them: Pushes, Pulls) cut into
+        messages: (server, its items) per message."""
+        part = getattr(items, "part", None)
+        if part is not None:  # columns: cut without making an object per block
+            return [(cut.server, part(cut)) for cut in self.cut(items.blocks)]  # type: ignore[attr-defined]
+        return [(cut.server, [items[i] for i in cut.positions]) for cut in self.cut([x.block for x in items])]
+
+
 def messages_by_server(
-    items: Iterable[Item],
+    items: Sequence[Item],
     owner: Sequence[int],
     coalesce: bool,
     nbytes: Sequence[int] | None = None,
     max_bytes: int = MESSAGE_BYTES,
-) -> list[tuple[int, list[Item]]]:
-    """How per-block requests travel: per server, messages carrying its items in their order (`coalesce`), or
-    one message per item. `owner[j]` is the server of block j. With `nbytes[j]` (the payload of block j), a
-    message takes items until it would pass `max_bytes`: small blocks share one message, large ones keep a
-    message each, so a server's inbox never holds a whole share at once. The runtime and the simulator both
-    cut messages here, so the simulator counts what the wire carries."""
-    if not coalesce:
-        return [(owner[item.block], [item]) for item in items]
-    groups: dict[int, list[list[Item]]] = defaultdict(lambda: [[]])
-    filled: dict[int, int] = defaultdict(int)
-    for item in items:
-        server = owner[item.block]
-        size = 0 if nbytes is None else nbytes[item.block]
-        parts = groups[server]
-        if parts[-1] and filled[server] + size > max_bytes:
-            parts.append([])
-            filled[server] = 0
-        parts[-1].append(item)
-        filled[server] += size
-    return [(server, part) for server in sorted(groups) for part in groups[server]]
+) -> list[tuple[int, Sequence[Item]]]:
+    """One cut of `items` into messages by MessageCutter's rule (a caller that cuts every step keeps a cutter)."""
+    return MessageCutter(owner, coalesce, nbytes, max_bytes).messages(items)
 
 
 @dataclass(frozen=True)

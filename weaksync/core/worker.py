@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .actions import PullRequest, PushRequest
+from .actions import Pulls, Pushes
 from .auto import Choice, QuorumTuner
 from .policy import GRACE_HISTORY, SyncPolicy
 
@@ -37,6 +37,8 @@ class WorkerCore:
         self.policy = policy
         num_blocks = policy.num_blocks
         self.versions: list[int] = [-1] * num_blocks  # lv_j; -1 = never received
+        self.all_blocks = tuple(range(num_blocks))
+        self._initialised = False
         self.outstanding: set[int] = set()
         self.refreshed: set[int] = set()
         self.step = 0  # steps completed
@@ -62,7 +64,7 @@ class WorkerCore:
             raise ValueError("resume_at: only before the first step")
         self.step = max(0, step)
 
-    def rebase(self, blocks: Iterable[int]) -> list[PullRequest]:
+    def rebase(self, blocks: Iterable[int]) -> Pulls:
         """A server came back from its checkpoint (or registered this worker anew): versions of its blocks
         this worker holds may be from updates the server lost, and pulls parked there are void. Forget them
         and pull those blocks again whatever their version, so no pull waits for a version the server will
@@ -73,17 +75,21 @@ class WorkerCore:
         for j in blocks:
             self.versions[j] = -1
             self.refreshed.discard(j)
+        self._initialised = self._initialised and not blocks
         self.outstanding.update(blocks)
-        return [PullRequest(j, -1, self.step) for j in blocks]
+        return Pulls(blocks, [-1] * len(blocks), self.step)
 
-    def start(self, now: float) -> list[PullRequest]:
+    def start(self, now: float) -> Pulls:
         """Pull every block in full: all workers start from the servers' θ₀."""
         self.wait_started = now
         return self._pulls()
 
     @property
     def initialised(self) -> bool:
-        return min(self.versions) >= 0
+        """Every block received once (kept once true: `ready` asks on every reply; only `rebase` undoes it)."""
+        if not self._initialised:
+            self._initialised = min(self.versions) >= 0
+        return self._initialised
 
     def on_block(self, block: int, version: int, now: float | None = None) -> bool:
         """A reply arrived. True: install its data (it is newer than the local copy)."""
@@ -178,7 +184,7 @@ class WorkerCore:
         self.began_at = now
         return self.plan
 
-    def end_step(self, now: float) -> tuple[list[PushRequest], list[PullRequest]]:
+    def end_step(self, now: float) -> tuple[Pushes, Pulls]:
         """Push every block's gradient with the version it was computed from, then ask for newer blocks. (A
         push to a round this worker already contributed to is added to its contribution by the server.)"""
         plan = self.plan
@@ -192,8 +198,7 @@ class WorkerCore:
             self.compute = took if self.compute is None else self.compute + COMPUTE_SMOOTHING * (took - self.compute)
         if self.tuner is not None:  # how long until each block is fresh again after this step
             self.tuner.start_round(self.step, now)
-        pushes = [PushRequest(j, base, plan.step) for j, base in enumerate(plan.versions)]
-        return pushes, self._pulls()
+        return Pushes(self.all_blocks, plan.versions, plan.step), self._pulls()
 
     def _retune(self, choice: Choice | None) -> None:
         if choice is not None:
@@ -252,7 +257,12 @@ class WorkerCore:
         for j in blocks:
             history[j].append(late)
 
-    def _pulls(self) -> list[PullRequest]:
-        wanted = [j for j in range(self.policy.num_blocks) if j not in self.outstanding]
-        self.outstanding.update(wanted)
-        return [PullRequest(j, self.versions[j], self.step) for j in wanted]
+    def _pulls(self) -> Pulls:
+        outstanding, versions = self.outstanding, self.versions
+        if outstanding:
+            wanted: Sequence[int] = [j for j in self.all_blocks if j not in outstanding]
+            wants = [versions[j] for j in wanted]
+        else:  # the usual case: every reply of the last step came
+            wanted, wants = self.all_blocks, versions
+        outstanding.update(wanted)
+        return Pulls(wanted, wants, self.step)

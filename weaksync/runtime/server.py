@@ -22,7 +22,7 @@ from torch.distributed import Store
 from zmq.utils.monitor import recv_monitor_message
 
 from ..core import actions as act
-from ..core.layout import MESSAGE_BYTES, BlockLayout, messages_by_server
+from ..core.layout import MESSAGE_BYTES, BlockLayout, MessageCutter
 from ..core.server import ServerCore
 from ..records.eventlog import EventLog, log_new_choices
 from ..records.files import write_atomically, write_json
@@ -114,6 +114,7 @@ class Server:
         self.spec = spec
         self.layout, initial = build_initial_blocks(spec, model)
         self.policy = cfg.policy(self.layout.num_blocks)
+        self.reply_cut = MessageCutter(self.layout.owners, cfg.cluster.coalesce, self.layout.block_bytes)
         budget = cfg.cluster.workers * cfg.train.steps  # worker steps of the whole run
         self.core = ServerCore(
             self.policy,
@@ -419,7 +420,7 @@ class Server:
     def send_replies(self, sock: zmq.Socket) -> None:
         """Send the replies queued by the message or timer just handled: one message per worker carrying its
         blocks (or one per block without coalescing)."""
-        coalesce = self.spec.config.cluster.coalesce
+        coalesce = self.reply_cut.coalesce
         for worker, groups in self.unsent.items():
             (first, *rest), identity = groups, self.route(worker)
             if (
@@ -438,8 +439,7 @@ class Server:
     def send_cut(self, sock: zmq.Socket, identity: bytes, items: list[Reply], worker: int | None = None) -> None:
         """Send blocks to one peer in as many messages as the wire's rule cuts them into (one, up to 4 MiB, when
         coalesced; one per block otherwise), so no peer receives a whole share in one message."""
-        layout, coalesce = self.layout, self.spec.config.cluster.coalesce
-        for _, part in messages_by_server(items, layout.owners, coalesce, layout.block_bytes):
+        for _, part in self.reply_cut.messages(items):
             blocks, versions, values = zip(*part)
             flat = values[0] if len(values) == 1 else torch.cat(values)  # the message's one payload frame
             self.send_blocks(sock, identity, blocks, versions, Payloads.of(values, flat), worker)

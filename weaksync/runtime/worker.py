@@ -26,7 +26,8 @@ from torch.utils.data import Dataset, Subset
 from zmq.utils.monitor import recv_monitor_message
 
 from ..config import Config
-from ..core.layout import messages_by_server
+from ..core.actions import Pulls
+from ..core.layout import MessageCutter
 from ..core.worker import StepPlan, WorkerCore
 from ..records.eventlog import EventLog, log_new_choices
 from ..records.files import write_json
@@ -105,6 +106,8 @@ class WorkerSession:
         self.layout = model_layout(self.model, cfg.cluster.servers, cfg.cluster.blocks)
         self.flat = FlatModel(self.model, self.layout)
         self.coalesce = cfg.cluster.coalesce
+        self.push_cut = MessageCutter(self.layout.owners, self.coalesce, self.layout.block_bytes)
+        self.pull_cut = MessageCutter(self.layout.owners, self.coalesce)
         self.core = WorkerCore(self.id, cfg.policy(self.layout.num_blocks))
         self.log = EventLog(spec.path / "events" / f"{spec.name}.jsonl")
         self.traffic = Traffic()
@@ -300,9 +303,9 @@ class WorkerSession:
         if len(self.core.choices) > self.logged_choices:
             self.logged_choices = log_new_choices(self.log, self.core.choices, self.logged_choices, w=self.id)
         layout = self.layout
-        push_bytes, messages = 0, messages_by_server(pushes, layout.owners, self.coalesce, layout.block_bytes)
+        push_bytes, messages = 0, self.push_cut.messages(pushes)
         for server, items in messages:
-            blocks, bases = tuple(p.block for p in items), tuple(p.base for p in items)
+            blocks, bases = items.blocks, items.bases
             grads = self.flat.gather(vector, [layout.blocks[j] for j in blocks])
             nbytes = sum(layout.block_bytes[j] for j in blocks)
             frames = encode(Push(self.id, plan.step, blocks, bases, grads, sent_at=time.time()))
@@ -379,15 +382,14 @@ class WorkerSession:
         else:
             self.socks[server].send_multipart(frames, copy=False)
 
-    def send_pulls(self, pulls: list) -> int:
+    def send_pulls(self, pulls: Pulls) -> int:
         """Ask for newer blocks, one message per server (or per block without coalescing); returns how many."""
         now = time.monotonic()
-        messages = messages_by_server(pulls, self.layout.owners, self.coalesce)
+        messages = self.pull_cut.messages(pulls)
         for server, items in messages:
-            for q in items:
-                self.pull_sent[q.block] = now
-            blocks, wants = tuple(q.block for q in items), tuple(q.want_gt for q in items)
-            self.send(server, encode(Pull(self.id, items[0].clock, blocks, wants)), 0, self.core.step)
+            for j in items.blocks:
+                self.pull_sent[j] = now
+            self.send(server, encode(Pull(self.id, items.clock, items.blocks, items.wants)), 0, self.core.step)
         self.traffic.pull_msgs += len(messages)
         return len(messages)
 

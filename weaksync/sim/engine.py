@@ -6,26 +6,27 @@ for a drawn time, its pushes and pulls cross NICs and links (timing.py), each se
 arrival order and answers with the sends it decides; a step begins when the worker core says it is ready, and
 the run ends when a server core spends the step budget. The straggler rules of the run's config (worker,
 server and link delays) apply as in a real run. Messages are cut as the runtime cuts them (`cluster.coalesce`,
-core.layout.messages_by_server): coalesced, a worker's pushes to one server in one step travel as one message,
+core.layout.MessageCutter): coalesced, a worker's pushes to one server in one step travel as one message,
 and so do its pulls and a server's replies to one worker released by one message; the rules stay per block
 (the cores see the same calls), only the message count changes.
 """
 
 from __future__ import annotations
 
+import gc
 import heapq
 import itertools
 import time as wallclock
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from ..config import Config
 from ..core import actions as act
-from ..core.layout import messages_by_server
+from ..core.layout import MessageCutter
 from ..core.server import ServerCore
 from ..core.worker import WorkerCore
 from ..report.summary import percentiles
@@ -33,13 +34,6 @@ from ..stragglers.delays import Delayer, StragglerRule, delayer_for
 from .timing import ComputeClock, SendClock, TimeModel
 
 PULL_BYTES = 16  # a pull's payload: block, want, clock
-
-
-class BlockReply(NamedTuple):
-    """One block of a reply (a Send names a group of blocks; the wire cuts them into messages block by block)."""
-
-    block: int
-    version: int
 
 
 @dataclass
@@ -84,6 +78,8 @@ class Simulation:
         self.n, self.s = c.workers, c.servers
         self.block_bytes = list(block_bytes)
         self.block_server = list(block_server)
+        self.data_cut = MessageCutter(self.block_server, self.coalesce, self.block_bytes)  # pushes and replies
+        self.pull_cut = MessageCutter(self.block_server, self.coalesce)
         self.policy = config.policy(len(self.block_bytes))
         budget = self.n * config.train.steps
         self.servers = [
@@ -124,15 +120,21 @@ class Simulation:
     def run(self, max_seconds: float | None = None) -> dict[str, Any]:
         """Simulate until a server ends the run on its budget (or `max_seconds` of simulated time); the summary."""
         started = wallclock.perf_counter()
-        for w in range(self.n):
-            self.send_pulls(w, self.workers[w].start(0.0))
-        while self.events and self.ended_at is None:
-            t, _, fn, args = heapq.heappop(self.events)
-            if max_seconds is not None and t > max_seconds:
-                break
-            self.now = t
-            fn(*args)
-            self.processed += 1
+        collecting = gc.isenabled()
+        gc.disable()  # the loop makes millions of short-lived objects that hold no cycles, and the collector's
+        try:  # passes over a thousand workers' state took a third of an N = 1,000 run (benchmarks/sim_scale.py)
+            for w in range(self.n):
+                self.send_pulls(w, self.workers[w].start(0.0))
+            while self.events and self.ended_at is None:
+                t, _, fn, args = heapq.heappop(self.events)
+                if max_seconds is not None and t > max_seconds:
+                    break
+                self.now = t
+                fn(*args)
+                self.processed += 1
+        finally:
+            if collecting:
+                gc.enable()
         return self.summary(wallclock.perf_counter() - started)
 
     # -- messages --------------------------------------------------------------------------------------
@@ -168,44 +170,47 @@ class Simulation:
         link = self.link_delay[w][s]
         return link.sample(self.workers[w].step, nbytes=nbytes, elapsed=self.elapsed()) if link.active else 0.0
 
-    def send_pulls(self, w: int, pulls: Sequence[act.PullRequest]) -> None:
-        for s, part in messages_by_server(pulls, self.block_server, self.coalesce):
-            nbytes = PULL_BYTES * len(part)
+    def send_pulls(self, w: int, pulls: act.Pulls) -> None:
+        for cut in self.pull_cut.cut(pulls.blocks):
+            nbytes = PULL_BYTES * len(cut.blocks)
             self.messages["pull"] += 1
-            self.transmit(self.worker_hosts[w], self.server_hosts[s], nbytes, self.on_pulls, (s, w, part), 0.0)
+            part = pulls.part(cut)
+            self.transmit(
+                self.worker_hosts[w], self.server_hosts[cut.server], nbytes, self.on_pulls, (cut.server, w, part), 0.0
+            )
 
-    def send_pushes(self, w: int, pushes: Sequence[act.PushRequest]) -> None:
-        for s, part in messages_by_server(pushes, self.block_server, self.coalesce, self.block_bytes):
-            nbytes = sum(self.block_bytes[p.block] for p in part)
+    def send_pushes(self, w: int, pushes: act.Pushes) -> None:
+        for cut in self.data_cut.cut(pushes.blocks):
+            s, nbytes, part = cut.server, cut.nbytes, pushes.part(cut)
             self.messages["push"] += 1
             self.bytes["push"] += nbytes
             delay = self.link_wait(w, s, nbytes)
             self.transmit(self.worker_hosts[w], self.server_hosts[s], nbytes, self.on_pushes, (s, w, part), delay)
 
     def send_replies(self, s: int, sends: Sequence[act.Send]) -> None:
-        per_worker: dict[int, list[BlockReply]] = defaultdict(list)
-        for send in sends:
-            per_worker[send.worker] += [BlockReply(j, send.version) for j in send.blocks]
+        per_worker: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        for send in sends:  # usually one Send per worker: a group of blocks at one version
+            blocks, versions = per_worker.get(send.worker, ((), ()))
+            per_worker[send.worker] = blocks + send.blocks, versions + (send.version,) * len(send.blocks)
         server_wait = self.reply_delay[s]
-        for w, items in per_worker.items():
-            for _, part in messages_by_server(items, self.block_server, self.coalesce, self.block_bytes):
-                nbytes = sum(self.block_bytes[x.block] for x in part)
-                delay = server_wait.sample(part[0].version, elapsed=self.elapsed()) if server_wait.active else 0.0
+        for w, (blocks, versions) in per_worker.items():
+            for cut in self.data_cut.cut(blocks):
+                nbytes, part_versions = cut.nbytes, cut.pick(versions)
+                delay = server_wait.sample(part_versions[0], elapsed=self.elapsed()) if server_wait.active else 0.0
                 delay += self.link_wait(w, s, nbytes)
                 self.messages["reply"] += 1
                 self.bytes["reply"] += nbytes
-                self.transmit(self.server_hosts[s], self.worker_hosts[w], nbytes, self.on_replies, (w, part), delay)
+                args = (w, cut.blocks, part_versions)
+                self.transmit(self.server_hosts[s], self.worker_hosts[w], nbytes, self.on_replies, args, delay)
 
     # -- servers ---------------------------------------------------------------------------------------
 
-    def on_pushes(self, s: int, w: int, pushes: list[act.PushRequest]) -> None:
+    def on_pushes(self, s: int, w: int, pushes: act.Pushes) -> None:
         """One push message (of one step), to the core whole, as the runtime hands it."""
-        blocks, bases = tuple(p.block for p in pushes), tuple(p.base for p in pushes)
-        self.perform(s, self.servers[s].on_push_many(w, blocks, bases, pushes[0].step, self.now))
+        self.perform(s, self.servers[s].on_push_many(w, pushes.blocks, pushes.bases, pushes.step, self.now))
 
-    def on_pulls(self, s: int, w: int, pulls: list[act.PullRequest]) -> None:
-        blocks, wants = tuple(p.block for p in pulls), tuple(p.want_gt for p in pulls)
-        self.perform(s, self.servers[s].on_pull_many(w, blocks, wants, pulls[0].clock, self.now))
+    def on_pulls(self, s: int, w: int, pulls: act.Pulls) -> None:
+        self.perform(s, self.servers[s].on_pull_many(w, pulls.blocks, pulls.wants, pulls.clock, self.now))
 
     def server_timer(self, s: int) -> None:
         if self.server_timer_at[s] is None or self.server_timer_at[s] > self.now:
@@ -236,8 +241,8 @@ class Simulation:
 
     # -- workers ---------------------------------------------------------------------------------------
 
-    def on_replies(self, w: int, sends: list[BlockReply]) -> None:
-        self.workers[w].on_blocks([x.block for x in sends], [x.version for x in sends], self.now)
+    def on_replies(self, w: int, blocks: tuple[int, ...], versions: tuple[int, ...]) -> None:
+        self.workers[w].on_blocks(blocks, versions, self.now)
         self.try_step(w)
 
     def worker_timer(self, w: int) -> None:
@@ -281,7 +286,7 @@ class Simulation:
         else:
             self.sent(w, pushes, pulls)
 
-    def sent(self, w: int, pushes: Sequence[act.PushRequest], pulls: Sequence[act.PullRequest]) -> None:
+    def sent(self, w: int, pushes: act.Pushes, pulls: act.Pulls) -> None:
         self.computing[w] = False
         self.stats[w].wait_from = self.now
         self.send_pushes(w, pushes)
