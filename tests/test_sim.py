@@ -172,3 +172,27 @@ def test_simulate_cli_runs_and_names_a_bad_time_field(monkeypatch, capsys, tmp_p
     assert code == 2 and " ".join(err.split()) == (
         "weaksync: error: --set time.latncy: extra inputs are not permitted: see the fields of weaksync/sim/timing.py"
     )
+
+
+def test_a_simulation_gives_back_the_garbage_collector_as_it_found_it() -> None:
+    """The event loop runs with the cyclic collector off (it makes no cycles, and the collector's passes cost a
+    third of a large run); whether the run ends, or a callback raises, the caller's setting comes back."""
+    import gc
+
+    config = load_config(None, {"cluster.workers": 2, "cluster.servers": 1, "train.steps": 3, "sync.mode": "bsp"})
+    sizes, owners = even_blocks(1_000, 2, 1)
+    seen: list[bool] = []
+    sim = Simulation(config, TimeModel(), sizes, owners)
+    sim.at(0.0, lambda: seen.append(gc.isenabled()))
+    assert gc.isenabled() and sim.run()["steps"] > 0 and gc.isenabled() and seen == [False]
+    failing = Simulation(config, TimeModel(), sizes, owners)
+    failing.at(0.0, lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        failing.run()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        Simulation(config, TimeModel(), sizes, owners).run()
+        assert not gc.isenabled()  # off it was, off it stays
+    finally:
+        gc.enable()
