@@ -262,6 +262,7 @@ def test_a_step_s_columns_are_cut_as_its_requests_one_by_one(
     cuts = cutter.cut(blocks)
     assert [c.nbytes for c in cuts] == [sum(sizes[j] for j in c.blocks) for c in cuts]
     assert [c.blocks for c in cuts] == [tuple(blocks[i] for i in c.positions) for c in cuts]
+    assert [c.pick(values) for c in cuts] == [tuple(values[i] for i in c.positions) for c in cuts]  # slice or not
     assert cutter.cut(tuple(blocks)) == cuts
 
 

@@ -40,9 +40,12 @@ class Cut(NamedTuple):
     positions: tuple[int, ...]
     blocks: tuple[int, ...]
     nbytes: int
+    span: slice | None = None  # the positions as a slice, when they are evenly spaced (blocks dealt in turn)
 
     def pick(self, values: Sequence[V]) -> tuple[V, ...]:
         """The values at this message's positions."""
+        if self.span is not None:
+            return tuple(values[self.span])
         return tuple(values[i] for i in self.positions)
 
 
@@ -93,7 +96,10 @@ class MessageCutter:
 
     def _message(self, server: int, positions: list[int], blocks: tuple[int, ...]) -> Cut:
         mine = tuple(blocks[i] for i in positions)
-        return Cut(server, tuple(positions), mine, sum(self.nbytes[j] for j in mine))
+        step = positions[1] - positions[0] if len(positions) > 1 else 1
+        spaced = step > 0 and all(b - a == step for a, b in zip(positions, positions[1:]))
+        span = slice(positions[0], positions[-1] + 1, step) if spaced else None
+        return Cut(server, tuple(positions), mine, sum(self.nbytes[j] for j in mine), span)
 
     def messages(self, items: Sequence[Item]) -> list[tuple[int, Sequence[Item]]]:
         """`items` (per-block requests or replies, or a worker's columns of them: Pushes, Pulls) cut into
