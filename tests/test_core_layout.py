@@ -193,17 +193,17 @@ def test_default_number_of_blocks_always_builds() -> None:
             build_layout(specs(total), resolve_num_blocks(None, total, servers), servers)
 
 
-def test_messages_by_server_cuts_one_message_per_server_or_per_block() -> None:
+def test_the_cutter_cuts_one_message_per_server_or_per_block() -> None:
     from weaksync.core.actions import PushRequest
-    from weaksync.core.layout import messages_by_server
+    from weaksync.core.layout import MessageCutter
 
     owner = [0, 1, 0, 1, 2]
     pushes = [PushRequest(j, 0, 3) for j in (4, 0, 1, 2, 3)]
-    coalesced = messages_by_server(pushes, owner, coalesce=True)
+    coalesced = MessageCutter(owner, coalesce=True).messages(pushes)
     assert [(s, [p.block for p in items]) for s, items in coalesced] == [(0, [0, 2]), (1, [1, 3]), (2, [4])]
-    single = messages_by_server(pushes, owner, coalesce=False)
+    single = MessageCutter(owner, coalesce=False).messages(pushes)
     assert [(s, [p.block for p in items]) for s, items in single] == [(2, [4]), (0, [0]), (1, [1]), (0, [2]), (1, [3])]
-    assert messages_by_server([], owner, coalesce=True) == []
+    assert MessageCutter(owner, coalesce=True).messages([]) == []
 
 
 CUTS = (  # a block's server, every block's size, the byte cap of a message, coalesced or not
@@ -222,10 +222,10 @@ def test_messages_carry_every_item_once_in_order_within_the_byte_cap(
     """Whatever the blocks' sizes: each item travels once, to its own server, in its order; a message passes
     the cap only when it carries a single block."""
     from weaksync.core.actions import PullRequest
-    from weaksync.core.layout import messages_by_server
+    from weaksync.core.layout import MessageCutter
 
     items = [PullRequest(j, -1, 0) for j in range(len(owner))]
-    messages = messages_by_server(items, owner, coalesce, sizes, max_bytes=cap)
+    messages = MessageCutter(owner, coalesce, sizes, max_bytes=cap).messages(items)
     assert sorted(i.block for _, part in messages for i in part) == list(range(len(owner)))
     for server, part in messages:
         assert part and all(owner[i.block] == server for i in part)

@@ -110,17 +110,6 @@ class MessageCutter:
         return [(cut.server, [items[i] for i in cut.positions]) for cut in self.cut([x.block for x in items])]
 
 
-def messages_by_server(
-    items: Sequence[Item],
-    owner: Sequence[int],
-    coalesce: bool,
-    nbytes: Sequence[int] | None = None,
-    max_bytes: int = MESSAGE_BYTES,
-) -> list[tuple[int, Sequence[Item]]]:
-    """One cut of `items` into messages by MessageCutter's rule (a caller that cuts every step keeps a cutter)."""
-    return MessageCutter(owner, coalesce, nbytes, max_bytes).messages(items)
-
-
 @dataclass(frozen=True)
 class TensorSpec:
     """One named tensor of θ: a trainable parameter or a floating-point buffer."""

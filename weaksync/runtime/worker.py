@@ -303,15 +303,13 @@ class WorkerSession:
         if len(self.core.choices) > self.logged_choices:
             self.logged_choices = log_new_choices(self.log, self.core.choices, self.logged_choices, w=self.id)
         layout = self.layout
-        push_bytes, messages = 0, self.push_cut.messages(pushes)
-        for server, items in messages:
-            blocks, bases = items.blocks, items.bases
-            grads = self.flat.gather(vector, [layout.blocks[j] for j in blocks])
-            nbytes = sum(layout.block_bytes[j] for j in blocks)
-            frames = encode(Push(self.id, plan.step, blocks, bases, grads, sent_at=time.time()))
-            self.send(server, frames, nbytes, plan.step)
-            push_bytes += nbytes
-            self.links[server].push_bytes += nbytes
+        push_bytes, messages = 0, self.push_cut.cut(pushes.blocks)
+        for cut in messages:  # the cut knows each message's blocks and bytes
+            grads = self.flat.gather(vector, [layout.blocks[j] for j in cut.blocks])
+            push = Push(self.id, plan.step, cut.blocks, cut.pick(pushes.bases), grads, sent_at=time.time())
+            self.send(cut.server, encode(push), cut.nbytes, plan.step)
+            push_bytes += cut.nbytes
+            self.links[cut.server].push_bytes += cut.nbytes
         pull_msgs = self.send_pulls(pulls)
         self.traffic.push_msgs += len(messages)
         self.traffic.push_bytes += push_bytes
