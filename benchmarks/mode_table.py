@@ -1,29 +1,36 @@
 """Per-mode table of a `weaksync bench` results folder, with per-repeat figures and ratios against bsp.
 
 docs/results.md quotes these tables: medians of per-repeat ratios, so that machine drift between repeats
-cancels (each repeat ran every mode back to back).
+cancels (each repeat ran every mode back to back). A run's time to 95 % moves by 15-25 % between repeats
+here, so `--versus-best` also gives a 90 % bootstrap interval of that median: a bound inside it is not
+decided by these repeats.
 
     python benchmarks/mode_table.py runs/<bench> [--scenario none]
     python benchmarks/mode_table.py runs/<bench> --versus-best auto   # auto against the best static mode
-    python benchmarks/mode_table.py runs/<a> runs/<b> --versus-best auto   # several bench folders as one
+    python benchmarks/mode_table.py runs/<a> runs/<b> --versus-best auto   # several benches pooled
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
+BOOTSTRAP_SAMPLES = 2000
+
 
 def load(*folders: Path) -> dict[tuple[str, str], dict[int, dict]]:
-    """(scenario, mode) -> repeat -> summary.json of that run, over every folder (each scenario in one of them:
-    ratios pair runs of the same repeat, which only one bench run interleaved)."""
+    """(scenario, mode) -> repeat -> summary.json of that run, over every folder. Ratios pair runs of the same
+    repeat of the same bench (which ran them back to back), so the repeats of the i-th folder are numbered
+    from i × 1000: a scenario benched in several folders pools their repeats."""
     runs: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
-    for summary in sorted(s for folder in folders for s in folder.glob("*__*__*/summary.json")):
-        scenario, mode, repeat = summary.parent.name.split("__")
-        runs[scenario, mode][int(repeat)] = json.loads(summary.read_text())
+    for index, folder in enumerate(folders):
+        for summary in sorted(folder.glob("*__*__*/summary.json")):
+            scenario, mode, repeat = summary.parent.name.split("__")
+            runs[scenario, mode][index * 1000 + int(repeat)] = json.loads(summary.read_text())
     return runs
 
 
@@ -68,14 +75,29 @@ def _median_time(reps: dict[int, dict]) -> float:
     return statistics.median(t if t is not None else float("inf") for t in times)
 
 
-def _ratio(mine: dict[int, dict], ref: dict[int, dict]) -> str:
-    """Median over repeats of mine's time to target ÷ ref's in the same repeat."""
-    values = [
+def _ratios(mine: dict[int, dict], ref: dict[int, dict]) -> list[float]:
+    """mine's time to target ÷ ref's in the same repeat, for the repeats where both reached it."""
+    return [
         mine[i]["time_to_accuracy"] / ref[i]["time_to_accuracy"]
-        for i in mine
+        for i in sorted(mine)
         if i in ref and mine[i]["time_to_accuracy"] and ref[i]["time_to_accuracy"]
     ]
+
+
+def _ratio(mine: dict[int, dict], ref: dict[int, dict]) -> str:
+    """Median over repeats of mine's time to target ÷ ref's in the same repeat."""
+    values = _ratios(mine, ref)
     return _fmt(statistics.median(values) if values else None)
+
+
+def median_interval(values: list[float], level: float = 0.9, seed: int = 0) -> tuple[float, float] | None:
+    """A `level` percentile-bootstrap interval of the median (None under 4 values: too few to resample)."""
+    if len(values) < 4:
+        return None
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(BOOTSTRAP_SAMPLES))
+    tail = (1 - level) / 2
+    return medians[int(tail * len(medians))], medians[int((1 - tail) * len(medians)) - 1]
 
 
 def versus_best(runs: dict[tuple[str, str], dict[int, dict]], mode: str = "auto") -> str:
@@ -86,8 +108,9 @@ def versus_best(runs: dict[tuple[str, str], dict[int, dict]], mode: str = "auto"
     that missed the target in a repeat counts as not reached (no ratio)."""
     rows = [
         f"| scenario | best other mode | its time (s) | {mode} time (s) | {mode} ÷ best (median of per-repeat) "
-        f"| {mode} ÷ bsp | {mode} ÷ DDP | {mode} final − best's final (pt) | {mode}'s final k / b |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| 90 % interval | repeats | {mode} ÷ bsp | {mode} ÷ DDP | {mode} final − best's final (pt) "
+        f"| {mode}'s final k / b |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for scenario in sorted({s for s, _ in runs}):
         mine = runs.get((scenario, mode))
@@ -101,9 +124,12 @@ def versus_best(runs: dict[tuple[str, str], dict[int, dict]], mode: str = "auto"
         best_final = statistics.median(r["final_accuracy"] for r in others[best].values())
         last = mine[max(mine)].get("quorums", {})
         ks, bs = sorted(set((last.get("k") or {}).values())), sorted(set((last.get("b") or {}).values()))
+        versus = _ratios(mine, others[best])
+        interval = median_interval(versus)
         rows.append(
             f"| {scenario} | {best} | {_fmt(_median_time(others[best]))} | {_fmt(_median_time(mine))} "
-            f"| {_ratio(mine, others[best])} | {_ratio(mine, runs.get((scenario, 'bsp'), {}))} "
+            f"| {_ratio(mine, others[best])} | {'–' if interval is None else '–'.join(map(_fmt, interval))} "
+            f"| {len(versus)} | {_ratio(mine, runs.get((scenario, 'bsp'), {}))} "
             f"| {_ratio(mine, runs.get((scenario, 'ddp'), {}))} | {(finals - best_final) * 100:+.1f} "
             f"| {'/'.join(map(str, ks))} / {'/'.join(map(str, bs))} |"
         )

@@ -108,7 +108,8 @@ def main() -> None:
     for mode, spent, calls in breakdowns:
         print(f"\n{mode}, per core call (timer's cost removed):")
         for name, seconds in spent.most_common():
-            print(f"  {name:26} {calls[name]:9,} calls  {max(0.0, seconds / calls[name] - per_call) * 1e6:6.1f} µs each")
+            each = max(0.0, seconds / calls[name] - per_call)
+            print(f"  {name:26} {calls[name]:9,} calls  {each * 1e6:6.1f} µs each")
 
 
 if __name__ == "__main__":
