@@ -15,8 +15,8 @@ between repeats than the time to target does, and it shows a change to when roun
 
 Each tree is put first on `sys.path` with PYTHONPATH, from a working directory outside both trees:
 `python -m` puts the working directory first, so run from inside the repository every arm imports the
-working tree's code (the A/B of 2026-12-08 01:00, whose two auto arms logged the same update, drop and cut
-counts, was such a run). The tool checks which tree each arm imports before it starts.
+working tree's code (`runs/s30-ab2`, whose two auto arms logged the same update, drop and cut counts, was
+such a run). The tool checks which tree each arm imports before it starts.
 """
 
 from __future__ import annotations
