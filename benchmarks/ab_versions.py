@@ -31,6 +31,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from weaksync.bench.matrix import BENCH_DEFAULTS
+
 ROOT = Path(__file__).resolve().parents[1]
 PACE_VERSION = 100  # server 0's version whose time after the first hello is the pace figure
 
@@ -62,8 +64,6 @@ def imported_from(tree: Path, cwd: Path) -> Path:
 
 def run_one(tree: Path, cwd: Path, mode: str, scenario: str, out: Path, extra: list[str]) -> Path | None:
     """One `weaksync train` with the bench's evaluation settings; the run directory, or None if it failed."""
-    from weaksync.bench.matrix import BENCH_DEFAULTS
-
     settings = [arg for key, value in BENCH_DEFAULTS.items() for arg in ("--set", f"{key}={str(value).lower()}")]
     command = [sys.executable, "-m", "weaksync", "train", "--mode", mode, "--quiet", "--out-dir", str(out)]
     command += ([] if scenario == "none" else ["--scenario", scenario]) + settings + extra

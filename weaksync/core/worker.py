@@ -75,7 +75,8 @@ class WorkerCore:
         for j in blocks:
             self.versions[j] = -1
             self.refreshed.discard(j)
-        self._initialised = self._initialised and not blocks
+        if blocks:
+            self._initialised = False
         self.outstanding.update(blocks)
         return Pulls(blocks, [-1] * len(blocks), self.step)
 

@@ -105,9 +105,9 @@ class WorkerSession:
         self.model = model
         self.layout = model_layout(self.model, cfg.cluster.servers, cfg.cluster.blocks)
         self.flat = FlatModel(self.model, self.layout)
-        self.coalesce = cfg.cluster.coalesce
-        self.push_cut = MessageCutter(self.layout.owners, self.coalesce, self.layout.block_bytes)
-        self.pull_cut = MessageCutter(self.layout.owners, self.coalesce)
+        coalesce = cfg.cluster.coalesce
+        self.push_cut = MessageCutter(self.layout.owners, coalesce, self.layout.block_bytes)
+        self.pull_cut = MessageCutter(self.layout.owners, coalesce)
         self.core = WorkerCore(self.id, cfg.policy(self.layout.num_blocks))
         self.log = EventLog(spec.path / "events" / f"{spec.name}.jsonl")
         self.traffic = Traffic()

@@ -171,13 +171,10 @@ class Simulation:
         return link.sample(self.workers[w].step, nbytes=nbytes, elapsed=self.elapsed()) if link.active else 0.0
 
     def send_pulls(self, w: int, pulls: act.Pulls) -> None:
-        for cut in self.pull_cut.cut(pulls.blocks):
-            nbytes = PULL_BYTES * len(cut.blocks)
+        for s, part in self.pull_cut.messages(pulls):
             self.messages["pull"] += 1
-            part = pulls.part(cut)
-            self.transmit(
-                self.worker_hosts[w], self.server_hosts[cut.server], nbytes, self.on_pulls, (cut.server, w, part), 0.0
-            )
+            nbytes = PULL_BYTES * len(part)
+            self.transmit(self.worker_hosts[w], self.server_hosts[s], nbytes, self.on_pulls, (s, w, part), 0.0)
 
     def send_pushes(self, w: int, pushes: act.Pushes) -> None:
         for cut in self.data_cut.cut(pushes.blocks):
